@@ -55,3 +55,38 @@ def embedded(embedded_dir):
     from ais.model import load_model
 
     return load_model(embedded_dir, dtype="float32", device="cpu")
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer with a chat template, vocabulary < 97 (fits tiny_llama); no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<user>", "<assistant>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words += "the a is of what write sum summarize story code add two plus capital france paris number".split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    tok.chat_template = ("{% for m in messages %}<user> {{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.padding_side = "left"
+    return tok
+
+
+def write_fake_bigbench(path, tasks: dict):
+    """A tarball laid out like the bigbench sdist: {task: [inputs]} -> .../benchmark_tasks/<task>/task.json."""
+    import io
+    import json
+    import tarfile
+
+    from ais.corpus import TASKS_PREFIX
+
+    with tarfile.open(path, "w:gz") as tar:
+        for task, inputs in tasks.items():
+            data = json.dumps({"examples": [{"input": x, "target": "-"} for x in inputs]}).encode()
+            info = tarfile.TarInfo(f"{TASKS_PREFIX}{task}/task.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

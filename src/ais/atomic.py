@@ -10,6 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: Path | str):
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
@@ -18,6 +24,7 @@ def atomic_file(path: Path | str):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, path)
@@ -31,6 +38,7 @@ def atomic_dir(path: Path | str):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
@@ -53,3 +61,37 @@ def write_text(path: Path | str, text: str) -> None:
 def write_json(path: Path | str, obj) -> None:
     """Indented, key-sorted JSON, so that equal content gives identical bytes."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def save_npz(path: Path | str, **arrays) -> None:
+    """np.savez, but atomic and byte-deterministic (fixed zip timestamps), so equal arrays give
+    identical files and DVC sees no change when nothing changed."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    with atomic_file(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name in sorted(arrays):
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, buf.getvalue())
+
+
+def load_npz(path: Path | str, what: str, stage: str) -> dict:
+    """All arrays of an npz, with a clear error naming the stage to rerun if missing or corrupt."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found: run `dvc repro {stage}` first")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{what} {path} is truncated or corrupt ({err}); rerun `dvc repro -f {stage}`") from err

@@ -60,3 +60,56 @@ def router_embedding(model, batch: dict, pivot: int, pooling: str = "last") -> t
     """One float32 vector per prompt: pooled hidden state after `pivot` layers."""
     hidden = pivot_hidden(model, batch, pivot)
     return pool(hidden, batch["attention_mask"], pooling).float()
+
+
+def embed_prompts(model, tokenizer, prompts: list[str], pivot: int, pooling: str = "last",
+                  batch_size: int = 16, progress: bool = True) -> "np.ndarray":
+    """Router embeddings (N x hidden, float32) for chat prompts, in batches of similar length
+    (less padding); rows come back in the order of `prompts`. Shows a progress bar."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ais.decode import context_length, encode_prompts
+
+    check_pivot(pivot, len(decoder_layers(model)))
+    lengths = [len(p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float32)
+    with tqdm(total=len(prompts), desc=f"router embeddings (pivot {pivot})", unit="prompt",
+              disable=not progress, mininterval=2.0) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
+            out[idx] = router_embedding(model, batch, pivot, pooling).cpu().numpy()
+            bar.update(len(idx))
+    return out
+
+
+def resolve_pivot(value, n_layers: int) -> int:
+    """router.pivot_layer: `auto` is a third of the layers; an integer is checked against the model."""
+    if value == "auto":
+        return default_pivot(n_layers)
+    return check_pivot(value, n_layers)
+
+
+@torch.inference_mode()
+def embed_all_layers(model, tokenizer, prompts: list[str], pooling: str = "last", batch_size: int = 16,
+                     progress: bool = True) -> "np.ndarray":
+    """Pooled hidden states after every layer count 1..n_layers (n_layers x N x hidden) from one
+    full forward per batch: the data of the pivot-layer sweep."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ais.decode import context_length, encode_prompts
+
+    n_layers = len(decoder_layers(model))
+    out = np.zeros((n_layers, len(prompts), model.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    for start in tqdm(range(0, len(order), batch_size), desc="pivot sweep (all layers)", unit="batch",
+                      disable=not progress, mininterval=2.0):
+        idx = order[start:start + batch_size]
+        batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
+        hidden = model.model(**batch, use_cache=False, output_hidden_states=True).hidden_states
+        for layer in range(1, n_layers + 1):
+            out[layer - 1, idx] = pool(hidden[layer], batch["attention_mask"], pooling).float().cpu().numpy()
+    return out

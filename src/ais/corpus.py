@@ -1,0 +1,224 @@
+"""The labelled prompt corpus: BIG-bench tasks mapped to request categories, sampled into
+disjoint splits (map, importance, held-out, held-out-by-task)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+BIGBENCH = "bigbench==1.0.0"
+BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
+BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"  # of the PyPI sdist
+TASKS_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+SPLITS = ("map", "importance", "heldout", "heldout_task")
+
+
+class CorpusError(ValueError):
+    """A corpus setting or source that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    category: str
+    task: str
+    template: str
+    heldout: bool = False
+
+
+def load_categories(path: Path | str) -> list[TaskSpec]:
+    """Read the category -> tasks mapping (data/categories.yaml), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"category mapping {path} not found")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or not raw:
+        raise CorpusError(f"{path} must map each category name to a list of tasks")
+    specs = []
+    for category, tasks in raw.items():
+        if not isinstance(tasks, list) or not tasks:
+            raise CorpusError(f"{path}: category {category!r} needs a non-empty list of tasks")
+        for entry in tasks:
+            if not isinstance(entry, dict) or "task" not in entry:
+                raise CorpusError(f"{path}: each entry of {category!r} needs a `task`, got {entry!r}")
+            template = entry.get("template", "{input}")
+            if "{input}" not in template:
+                raise CorpusError(f"{path}: template of {entry['task']!r} has no {{input}} placeholder")
+            specs.append(TaskSpec(category, entry["task"], template, bool(entry.get("heldout", False))))
+        if all(s.heldout for s in specs if s.category == category):
+            raise CorpusError(f"{path}: category {category!r} has no task left for the map (all are heldout)")
+    return specs
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AIS_CACHE", Path.home() / ".cache" / "ais"))
+
+
+def fetch_bigbench() -> Path:
+    """The BIG-bench sdist from PyPI (358 MB, fetched once into the cache; never installed)."""
+    target = cache_dir() / BIGBENCH_SDIST
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print(f"corpus: downloading {BIGBENCH} (358 MB, once) into {target.parent}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+             "--disable-pip-version-check", "-d", str(target.parent), BIGBENCH],
+            check=True,
+        )
+    from ais.model import sha256_file
+
+    digest = sha256_file(target)
+    if digest != BIGBENCH_SHA256:
+        raise CorpusError(f"{target} has sha256 {digest}, expected {BIGBENCH_SHA256} for {BIGBENCH}; "
+                          "delete it and rerun to download it again")
+    return target
+
+
+def read_tasks(archive: Path, tasks: set[str]) -> dict[str, list[dict]]:
+    """The `examples` of each named task, read straight out of the BIG-bench tarball."""
+    wanted = {f"{TASKS_PREFIX}{t}/task.json": t for t in tasks}
+    found: dict[str, list[dict]] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                task = wanted.get(member.name)
+                if task is None:
+                    continue
+                data = json.load(tar.extractfile(member))
+                found[task] = data.get("examples", [])
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise CorpusError(f"{archive} is not a readable BIG-bench archive ({err}); delete it and rerun") from err
+    missing = sorted(tasks - set(found))
+    if missing:
+        raise CorpusError(f"tasks not found in {archive}: {', '.join(missing)} (check data/categories.yaml)")
+    return found
+
+
+def render(template: str, text: str, max_chars: int) -> str:
+    """The request text: the template kept whole, the task input cut to fit `max_chars`."""
+    room = max_chars - (len(template) - len("{input}"))
+    if room < 1:
+        raise CorpusError(f"corpus.max_chars={max_chars} leaves no room for input in template {template!r}")
+    return template.replace("{input}", text.strip()[:room].rstrip())
+
+
+def _balanced_order(rows: list[dict], rng: random.Random) -> list[dict]:
+    """Interleave tasks: every task's first row, then every task's second row, ... (random within
+    a round), so any prefix draws evenly across the category's tasks."""
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    ranked = []
+    for task in sorted(by_task):
+        items = by_task[task]
+        rng.shuffle(items)
+        ranked += [(i, rng.random(), row) for i, row in enumerate(items)]
+    ranked.sort(key=lambda t: (t[0], t[1]))
+    return [row for _, _, row in ranked]
+
+
+def _split_counts(n_map: int, categories: list[str]) -> dict[str, int]:
+    """corpus.n spread as evenly as possible over the categories (stratified)."""
+    base, extra = divmod(n_map, len(categories))
+    return {c: base + (1 if i < extra else 0) for i, c in enumerate(categories)}
+
+
+def build_corpus(specs: list[TaskSpec], examples: dict[str, list[dict]], n: int, n_importance: int,
+                 n_heldout: int, n_heldout_task: int, max_chars: int, seed: int) -> list[dict]:
+    """Rows {prompt, category, task, split}: a stratified sample with disjoint splits.
+    No prompt text occurs twice; held-out-by-task rows come only from tasks marked heldout."""
+    rng = random.Random(seed)
+    categories = sorted({s.category for s in specs})
+    per_category_map = _split_counts(n, categories)
+    seen: set[str] = set()
+    rows_out: list[dict] = []
+    for category in categories:
+        pools = {False: [], True: []}
+        for spec in (s for s in specs if s.category == category):
+            for ex in examples[spec.task]:
+                text = ex.get("input")
+                if not isinstance(text, str) or not text.strip():
+                    continue
+                prompt = render(spec.template, text, max_chars)
+                digest = hashlib.sha1(prompt.encode()).hexdigest()
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                pools[spec.heldout].append({"prompt": prompt, "category": category, "task": spec.task})
+        ordered = _balanced_order(pools[False], rng)
+        need = n_heldout + n_importance + per_category_map[category]
+        if len(ordered) < need:
+            raise CorpusError(
+                f"category {category!r} has {len(ordered)} distinct prompts but the splits need {need} "
+                f"(corpus.n={n} over {len(categories)} categories + n_importance + n_heldout); lower corpus.n"
+            )
+        held_task = _balanced_order(pools[True], rng)
+        if len(held_task) < n_heldout_task:
+            raise CorpusError(f"category {category!r} has {len(held_task)} held-out-task prompts, "
+                              f"fewer than corpus.n_heldout_task={n_heldout_task}")
+        cuts = {"heldout": ordered[:n_heldout], "importance": ordered[n_heldout:n_heldout + n_importance],
+                "map": ordered[n_heldout + n_importance:need], "heldout_task": held_task[:n_heldout_task]}
+        for split, rows in cuts.items():
+            rows_out += [{**row, "split": split} for row in rows]
+    order = {s: i for i, s in enumerate(SPLITS)}
+    rows_out.sort(key=lambda r: (order[r["split"]], r["category"], r["task"], r["prompt"]))
+    return rows_out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    from ais.atomic import write_text
+
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+
+
+def read_corpus(path: Path | str, split: str | None = None) -> list[dict]:
+    """Rows of corpus.jsonl, optionally one split, with a clear error if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path} not found: run `dvc repro corpus` first")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{path}:{lineno} is not valid JSON ({err}); rerun `dvc repro -f corpus`") from err
+            if split is None or row["split"] == split:
+                rows.append(row)
+    return rows
+
+
+def corpus_summary(rows: list[dict]) -> dict:
+    """Counts per split and category, for reports/corpus.json."""
+    out = {"n_total": len(rows), "splits": {}}
+    for row in rows:
+        split = out["splits"].setdefault(row["split"], {"n": 0, "categories": {}, "tasks": set()})
+        split["n"] += 1
+        split["categories"][row["category"]] = split["categories"].get(row["category"], 0) + 1
+        split["tasks"].add(row["task"])
+    for split in out["splits"].values():
+        split["n_tasks"] = len(split.pop("tasks"))
+    return out
+
+
+def dolly_examples(max_per_category: int | None = None) -> tuple[list[TaskSpec], dict[str, list[dict]]]:
+    """databricks-dolly-15k (the original prototype's corpus) through `datasets`; needs hub access.
+    Its categories become ours; each category is one 'task', so there is no held-out-by-task split."""
+    try:
+        from datasets import load_dataset
+    except ImportError as err:
+        raise CorpusError("corpus.source=dolly needs the `datasets` package (pip install datasets) "
+                          "and hub access; the default corpus.source=bigbench needs neither") from err
+    data = load_dataset("databricks/databricks-dolly-15k", split="train")
+    examples: dict[str, list[dict]] = {}
+    for row in data:
+        examples.setdefault(f"dolly/{row['category']}", []).append({"input": row["instruction"]})
+    specs = [TaskSpec(task.split("/", 1)[1], task, "{input}") for task in sorted(examples)]
+    return specs, examples

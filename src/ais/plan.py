@@ -1,0 +1,77 @@
+"""Choosing a skip plan: router embedding -> map -> category -> its importance -> the
+lowest-importance layers, from those the plan may touch.
+
+The plan may touch only layers at or past the router's pivot (so the decoder can continue from
+the router's hidden state and cache instead of recomputing them) and never a layer whose
+normalised importance reaches `critical`; layer 0 is never touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ais.params import ParamsError, get
+from ais.skip import SkipPlan
+
+MODES = ("hard", "soft")
+SELECTS = ("fraction", "threshold")
+
+
+@dataclass(frozen=True)
+class SkipSettings:
+    """The `skip:` section of params.yaml, checked."""
+
+    mode: str = "hard"
+    alpha: float = 0.7
+    select: str = "fraction"
+    fraction: float = 0.1
+    threshold: float = 0.05
+    critical: float = 0.9
+
+    @classmethod
+    def from_params(cls, params: dict) -> "SkipSettings":
+        return cls(
+            mode=get(params, "skip.mode", str, choices=MODES),
+            alpha=get(params, "skip.alpha", float, lo=0, hi=1, lo_open=True, hi_open=True),
+            select=get(params, "skip.select", str, choices=SELECTS),
+            fraction=get(params, "skip.fraction", float, lo=0, hi=1, hi_open=True),
+            threshold=get(params, "skip.threshold", float, lo=0, hi=1),
+            critical=get(params, "skip.critical", float, lo=0, hi=1, lo_open=True),
+        )
+
+
+def candidate_layers(importance: np.ndarray, pivot: int, critical: float) -> list[int]:
+    """Layers a plan may skip: index >= pivot (and >= 1), normalised importance below `critical`."""
+    return [i for i in range(max(1, pivot), len(importance)) if importance[i] < critical]
+
+
+def n_layers_to_skip(fraction: float, n_layers: int) -> int:
+    if not 0 <= fraction < 1:
+        raise ParamsError(f"`skip.fraction` is {fraction!r}; it must be in [0, 1)")
+    return int(round(fraction * n_layers))
+
+
+def lowest_layers(importance: np.ndarray, candidates: list[int], n: int) -> list[int]:
+    """The `n` candidates of lowest importance (ties: lower index first), sorted."""
+    ranked = sorted(candidates, key=lambda i: (importance[i], i))
+    return sorted(ranked[:n])
+
+
+def select_layers(importance: np.ndarray, pivot: int, settings: SkipSettings, fraction: float | None = None) -> list[int]:
+    """The layers to skip for one category's importance vector."""
+    candidates = candidate_layers(importance, pivot, settings.critical)
+    if settings.select == "threshold" and fraction is None:
+        return [i for i in candidates if importance[i] <= settings.threshold]
+    n = n_layers_to_skip(settings.fraction if fraction is None else fraction, len(importance))
+    return lowest_layers(importance, candidates, n)
+
+
+def random_layers(n_layers: int, pivot: int, n: int, rng: np.random.Generator) -> list[int]:
+    """The control: `n` layers drawn uniformly from the same range a routed plan may use."""
+    pool = list(range(max(1, pivot), n_layers))
+    return sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
+
+
+def make_plan(layers: list[int], mode: str, alpha: float) -> SkipPlan:
+    return SkipPlan.make(hard=layers) if mode == "hard" else SkipPlan.soft_of(layers, alpha)

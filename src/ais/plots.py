@@ -1,0 +1,50 @@
+"""Images for the reports (PNG, rendered offline by `dvc plots show` / `dvc plots diff`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ais.atomic import atomic_file  # noqa: E402
+
+
+def save_figure(fig, path: Path | str) -> None:
+    """PNG, written atomically, without a timestamp (same figure -> same bytes)."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_umap(coords: np.ndarray, labels: np.ndarray, categories: list[str], path: Path | str, title: str) -> None:
+    """2-D UMAP scatter of the map's embeddings, coloured by category."""
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    cmap = plt.get_cmap("tab10" if len(categories) <= 10 else "tab20")
+    for c, name in enumerate(categories):
+        sel = labels == c
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=4, fontsize=8, loc="best", frameon=False)
+    save_figure(fig, path)
+
+
+def plot_pivot_sweep(table: list[dict], path: Path | str, chance: float, title: str) -> None:
+    """k-NN routing accuracy against the router's pivot layer."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_title(title, fontsize=10)
+    x = [r["pivot_layer"] for r in table]
+    for key, label in (("knn_accuracy_heldout", "held-out prompts"), ("knn_accuracy_heldout_task", "held-out tasks")):
+        if key in table[0]:
+            ax.plot(x, [r[key] for r in table], marker="o", ms=3, label=label)
+    ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("pivot layer (layers run by the router)")
+    ax.set_ylabel("k-NN routing accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)

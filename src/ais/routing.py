@@ -1,0 +1,79 @@
+"""Building the map from the corpus embeddings and measuring how well it routes."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ais.atomic import load_npz
+from ais.model import sha256_file
+from ais.topomap import MapError, TopoMap, centroid_recall, fit_learned_router, knn_homogeneity
+
+
+def load_embeddings(path: Path | str, corpus_path: Path | str) -> tuple[np.ndarray, dict]:
+    """(embeddings, identity) from the embed stage, checked to be aligned with the corpus."""
+    data = load_npz(path, "router embeddings", "embed")
+    if sha256_file(Path(corpus_path)) != str(data["corpus_sha256"]):
+        raise MapError(f"{path} was computed from a different {corpus_path}; rerun `dvc repro embed`")
+    return data["embeddings"], json.loads(str(data["identity"]))
+
+
+def build_map(rows: list[dict], vectors: np.ndarray, identity: dict, seed: int, learned_c: float,
+              importance: np.ndarray | None = None) -> TopoMap:
+    """The map over the `map` split, with its learned router fitted on the same entries."""
+    categories = sorted({r["category"] for r in rows})
+    on_map = np.array([r["split"] == "map" for r in rows])
+    labels = np.array([categories.index(r["category"]) for r in rows])
+    router = fit_learned_router(vectors[on_map], labels[on_map], seed=seed, c=learned_c)
+    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router)
+
+
+def _per_second(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def routing_metrics(topo: TopoMap, rows: list[dict], vectors: np.ndarray, k: int, homogeneity_k: int):
+    """(metrics dict, per-category rows): homogeneity, silhouette, centroid recall, and both
+    routers' accuracy on the held-out and held-out-by-task splits, with their cost per prompt."""
+    from sklearn.metrics import silhouette_score
+
+    recall = centroid_recall(topo, homogeneity_k)
+    metrics = {
+        "n_map": len(topo), "n_categories": len(topo.categories), "chance": round(1 / len(topo.categories), 4),
+        "knn_homogeneity": round(knn_homogeneity(topo, homogeneity_k), 4),
+        "homogeneity_k": homogeneity_k,
+        "silhouette_cosine": round(float(silhouette_score(topo.embeddings, topo.labels, metric="cosine")), 4),
+        "centroid_recall": {c: round(v, 2) for c, v in recall.items()},
+        "categories_with_centroid_recall_ge_0.7": int(sum(v >= 0.7 for v in recall.values())),
+        "k": k,
+    }
+    table = {c: {"category": c} for c in topo.categories}
+    for split in ("heldout", "heldout_task"):
+        mask = np.array([r["split"] == split for r in rows])
+        if not mask.any():
+            continue
+        truth = np.array([topo.categories.index(r["category"]) for r, m in zip(rows, mask) if m])
+        for kind in ("knn", "learned"):
+            pred = topo.predict(vectors[mask], k, kind)
+            metrics[f"{kind}_accuracy_{split}"] = round(float((pred == truth).mean()), 4)
+            metrics[f"n_{split}"] = int(mask.sum())
+            for c, name in enumerate(topo.categories):
+                sel = truth == c
+                table[name][f"{kind}_{split}"] = round(float((pred[sel] == c).mean()), 4) if sel.any() else None
+    return metrics, list(table.values())
+
+
+def router_cost(topo: TopoMap, queries: np.ndarray, k: int) -> dict:
+    """Median microseconds per prompt of each router's lookup (the router forward not included)."""
+    out = {"n_queries": len(queries)}
+    for kind in ("knn", "learned"):
+        seconds = _per_second(lambda: topo.predict(queries, k, kind))
+        out[f"{kind}_microseconds_per_prompt"] = round(1e6 * seconds / len(queries), 2)
+    return out

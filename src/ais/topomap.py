@@ -1,0 +1,194 @@
+"""The topological map: a FAISS inner-product index over L2-normalised router embeddings
+(inner product = cosine), one entry per labelled corpus prompt, plus each category's
+per-layer importance and a learned (logistic-regression) router beside the k-NN vote.
+
+On disk (a folder): index.faiss, map.npz (labels, category names, importance, learned router),
+map.json (model identity, pivot, pooling, sizes). Loading checks the identity against the model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ais.atomic import atomic_dir, load_npz, save_npz, write_json
+
+
+class MapError(ValueError):
+    """A map that cannot be built, loaded or queried as asked."""
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); a zero or non-finite row is an error."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if not np.isfinite(vectors).all():
+        bad = np.where(~np.isfinite(vectors).all(1))[0][:5].tolist()
+        raise MapError(f"embedding rows {bad} contain NaN or infinite values")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms == 0).any():
+        bad = np.where(norms[:, 0] == 0)[0][:5].tolist()
+        raise MapError(f"embedding rows {bad} are all zeros and have no direction")
+    if np.allclose(norms, 1.0, rtol=0, atol=1e-6):  # already unit: keep the bits (stable round trips)
+        return vectors
+    return vectors / norms
+
+
+@dataclass
+class TopoMap:
+    """Labelled embeddings in a FAISS IndexFlatIP, with per-category importance."""
+
+    embeddings: np.ndarray          # N x H, L2-normalised float32
+    labels: np.ndarray              # N, int index into `categories`
+    categories: list[str]
+    identity: dict                  # model identity + router settings the embeddings came from
+    importance: np.ndarray | None = None   # C x n_layers, normalised to [0, 1] (1 = critical)
+    router: dict = field(default_factory=dict)  # learned router: coef (C x H), intercept (C)
+
+    def __post_init__(self):
+        import faiss
+
+        self.embeddings = normalise(self.embeddings)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != len(self.embeddings):
+            raise MapError(f"{len(self.embeddings)} embeddings but {len(self.labels)} labels")
+        if self.identity.get("hidden_size") not in (None, self.embeddings.shape[1]):
+            raise MapError(f"embeddings have width {self.embeddings.shape[1]}, "
+                           f"the model's hidden size is {self.identity['hidden_size']}")
+        self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
+        self.index.add(self.embeddings)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, entry indices), each Q x k, nearest first."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
+            raise MapError(f"k={k!r} must be an integer in 1..{len(self)} (the map's size)")
+        queries = normalise(vectors)
+        if queries.shape[1] != self.embeddings.shape[1]:
+            raise MapError(f"query width {queries.shape[1]} does not match the map's {self.embeddings.shape[1]}")
+        sims, idx = self.index.search(queries, int(k))
+        return sims, idx
+
+    def vote(self, sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Per-query category scores (Q x C): similarity-weighted votes of the neighbours."""
+        scores = np.zeros((len(idx), len(self.categories)), dtype=np.float64)
+        for q in range(len(idx)):
+            np.add.at(scores[q], self.labels[idx[q]], np.clip(sims[q], 0, None) + 1e-6)
+        return scores
+
+    def predict_knn(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """Predicted category index per query by the k-NN vote."""
+        sims, idx = self.search(vectors, k)
+        return self.vote(sims, idx).argmax(1)
+
+    def predict_learned(self, vectors: np.ndarray) -> np.ndarray:
+        """Predicted category index per query by the logistic-regression router."""
+        if not self.router:
+            raise MapError("this map has no learned router; rebuild it with `dvc repro map`")
+        logits = normalise(vectors) @ self.router["coef"].T + self.router["intercept"]
+        return logits.argmax(1)
+
+    def predict(self, vectors: np.ndarray, k: int, router: str = "knn") -> np.ndarray:
+        if router == "knn":
+            return self.predict_knn(vectors, k)
+        if router == "learned":
+            return self.predict_learned(vectors)
+        raise MapError(f"router.kind={router!r} must be 'knn' or 'learned'")
+
+    def check_model(self, identity: dict) -> None:
+        """Refuse a model other than the one the map was built with."""
+        for key in ("model_type", "n_layers", "hidden_size", "vocab_size"):
+            if key in identity and key in self.identity and identity[key] != self.identity[key]:
+                raise MapError(
+                    f"the map was built for a model with {key}={self.identity[key]}, but this model has "
+                    f"{key}={identity[key]}; rebuild the map for this model with `dvc repro`"
+                )
+
+    def save(self, folder: Path | str) -> None:
+        """Write the map folder atomically."""
+        import faiss
+
+        arrays = {"labels": self.labels, "categories": np.array(self.categories)}
+        if self.importance is not None:
+            arrays["importance"] = np.asarray(self.importance, dtype=np.float32)
+        for key, value in self.router.items():
+            arrays[f"router_{key}"] = value
+        with atomic_dir(folder) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            save_npz(tmp / "map.npz", **arrays)
+            write_json(tmp / "map.json", {"identity": self.identity, "n_entries": len(self),
+                                          "categories": self.categories,
+                                          "has_importance": self.importance is not None,
+                                          "has_learned_router": bool(self.router)})
+
+    @classmethod
+    def load(cls, folder: Path | str, model_identity: dict | None = None) -> "TopoMap":
+        """Read a map folder; with `model_identity`, refuse a map built for another model."""
+        import faiss
+
+        folder = Path(folder)
+        meta_path = folder / "map.json"
+        if not meta_path.is_file():
+            raise MapError(f"map {folder} not found (no map.json): run `dvc repro map` first")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise MapError(f"{meta_path} is corrupt ({err}); rerun `dvc repro -f map`") from err
+        try:
+            arrays = load_npz(folder / "map.npz", "map arrays", "map")
+        except (FileNotFoundError, ValueError) as err:
+            raise MapError(str(err)) from err
+        try:
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except RuntimeError as err:
+            raise MapError(f"{folder / 'index.faiss'} is missing or corrupt; rerun `dvc repro -f map`") from err
+        router = {k[len("router_"):]: v for k, v in arrays.items() if k.startswith("router_")}
+        if index.ntotal != len(arrays["labels"]):
+            raise MapError(f"{folder / 'index.faiss'} holds {index.ntotal} entries but map.npz "
+                           f"{len(arrays['labels'])} labels; rerun `dvc repro -f map`")
+        topo = cls(index.reconstruct_n(0, index.ntotal), arrays["labels"], [str(c) for c in arrays["categories"]],
+                   meta["identity"], arrays.get("importance"), router)
+        if model_identity is not None:
+            topo.check_model(model_identity)
+        return topo
+
+
+def knn_homogeneity(topo: TopoMap, k: int = 10) -> float:
+    """Mean fraction of each entry's k nearest other entries that share its category."""
+    sims, idx = topo.search(topo.embeddings, k + 1)
+    same = topo.labels[idx[:, 1:]] == topo.labels[:, None]
+    return float(same.mean())
+
+
+def centroid_recall(topo: TopoMap, k: int = 10) -> dict[str, float]:
+    """Per category: fraction of the k entries nearest its centroid that belong to it."""
+    out = {}
+    for c, name in enumerate(topo.categories):
+        centroid = topo.embeddings[topo.labels == c].mean(0)
+        _, idx = topo.search(centroid, k)
+        out[name] = float((topo.labels[idx[0]] == c).mean())
+    return out
+
+
+def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, seed: int, c: float = 1.0) -> dict:
+    """Multinomial logistic regression on standardised, normalised embeddings, folded back into
+    one linear map {coef (C x H), intercept (C)} that applies to normalised embeddings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = normalise(embeddings)
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    clf.fit(scaler.transform(x), labels)
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # two classes: sklearn keeps one row
+        coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    folded = coef / scale
+    return {"coef": folded.astype(np.float32),
+            "intercept": (intercept - folded @ scaler.mean_).astype(np.float32)}

@@ -1,0 +1,30 @@
+"""Stage `corpus`: the labelled prompt corpus with its disjoint splits -> data/corpus.jsonl."""
+from pathlib import Path
+
+from ais.atomic import write_json
+from ais.corpus import (build_corpus, corpus_summary, dolly_examples, fetch_bigbench, load_categories,
+                        read_tasks, write_jsonl)
+from ais.params import get, load_params
+
+if __name__ == "__main__":
+    params = load_params()
+    source = get(params, "corpus.source", str, choices=("bigbench", "dolly"))
+    sizes = {key: get(params, f"corpus.{key}", int, lo=0) for key in ("n_importance", "n_heldout", "n_heldout_task")}
+    n = get(params, "corpus.n", int, lo=1)
+    max_chars = get(params, "corpus.max_chars", int, lo=20)
+    seed = get(params, "corpus.seed", int)
+    if source == "bigbench":
+        specs = load_categories(get(params, "corpus.categories", str))
+        archive = get(params, "corpus.archive", str)
+        archive = fetch_bigbench() if archive == "auto" else Path(archive)
+        examples = read_tasks(archive, {s.task for s in specs})
+    else:
+        specs, examples = dolly_examples()
+        if sizes["n_heldout_task"]:
+            print("corpus: dolly has no task structure, so the held-out-by-task split is empty")
+            sizes["n_heldout_task"] = 0
+    rows = build_corpus(specs, examples, n=n, max_chars=max_chars, seed=seed, **sizes)
+    write_jsonl(Path("data/corpus.jsonl"), rows)
+    summary = corpus_summary(rows)
+    write_json("reports/corpus.json", summary)
+    print("corpus: " + ", ".join(f"{k} {v['n']}" for k, v in summary["splits"].items()))

@@ -1,0 +1,27 @@
+"""Stage `map`: the FAISS topological map over the map split -> data/map/, with routing metrics."""
+from pathlib import Path
+
+import numpy as np
+
+from ais.atomic import write_json
+from ais.corpus import read_corpus
+from ais.params import get, load_params
+from ais.report_io import write_csv
+from ais.routing import build_map, load_embeddings, router_cost, routing_metrics
+
+CORPUS = Path("data/corpus.jsonl")
+
+if __name__ == "__main__":
+    params = load_params()
+    rows = read_corpus(CORPUS)
+    vectors, identity = load_embeddings("data/embeddings.npz", CORPUS)
+    topo = build_map(rows, vectors, identity, seed=get(params, "map.seed", int),
+                     learned_c=get(params, "map.learned_c", float, lo=0, lo_open=True))
+    k = get(params, "router.k", int, lo=1, hi=len(topo))
+    metrics, per_category = routing_metrics(topo, rows, vectors, k, get(params, "map.homogeneity_k", int, lo=1))
+    topo.save("data/map")
+    write_json("reports/map.json", metrics)
+    write_csv("reports/routing_per_category.csv", per_category)
+    held = vectors[np.array([r["split"] == "heldout" for r in rows])]
+    write_json("reports/router_cost.json", router_cost(topo, held if len(held) else vectors[:1], k))
+    print("map: " + ", ".join(f"{key} {value}" for key, value in metrics.items() if not isinstance(value, dict)))
