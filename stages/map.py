@@ -7,7 +7,7 @@ from ais.atomic import write_json
 from ais.corpus import read_corpus
 from ais.params import get, load_params
 from ais.report_io import write_csv
-from ais.routing import build_map, load_embeddings, router_cost, routing_metrics
+from ais.routing import build_map, load_embeddings, load_importance, router_cost, routing_metrics
 
 CORPUS = Path("data/corpus.jsonl")
 
@@ -15,8 +15,9 @@ if __name__ == "__main__":
     params = load_params()
     rows = read_corpus(CORPUS)
     vectors, identity = load_embeddings("data/embeddings.npz", CORPUS)
+    importance = load_importance("data/importance.npz", sorted({r["category"] for r in rows}), identity["n_layers"])
     topo = build_map(rows, vectors, identity, seed=get(params, "map.seed", int),
-                     learned_c=get(params, "map.learned_c", float, lo=0, lo_open=True))
+                     learned_c=get(params, "map.learned_c", float, lo=0, lo_open=True), importance=importance)
     k = get(params, "router.k", int, lo=1, hi=len(topo))
     metrics, per_category = routing_metrics(topo, rows, vectors, k, get(params, "map.homogeneity_k", int, lo=1))
     topo.save("data/map")

@@ -11,6 +11,7 @@ def tiny_llama(n_layers=6, hidden=32, dtype=torch.float32, seed=0, vocab=97):
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+        initializer_range=0.25,  # large enough that generations vary instead of echoing the last token
     )
     model = LlamaForCausalLM(config).to(dtype).eval()
     model.generation_config.pad_token_id = 0

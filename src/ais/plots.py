@@ -48,3 +48,20 @@ def plot_pivot_sweep(table: list[dict], path: Path | str, chance: float, title: 
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def plot_importance(normalised: dict, raw: dict, categories: list[str], path: Path | str) -> None:
+    """Heatmaps (categories x layers) of each importance measure, normalised per category."""
+    methods = list(normalised)
+    fig, axes = plt.subplots(len(methods), 1, figsize=(10, 2.2 + 0.9 * len(categories) * len(methods) / 2),
+                             squeeze=False)
+    for ax, method in zip(axes[:, 0], methods):
+        im = ax.imshow(normalised[method], aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_yticks(range(len(categories)), categories, fontsize=7)
+        ax.set_xticks(range(normalised[method].shape[1]))
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_title(f"{method} (normalised per category; layer 0 fixed at 1, never skipped)", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.02)
+    axes[-1, 0].set_xlabel("layer")
+    fig.tight_layout()
+    save_figure(fig, path)

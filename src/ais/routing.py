@@ -20,6 +20,18 @@ def load_embeddings(path: Path | str, corpus_path: Path | str) -> tuple[np.ndarr
     return data["embeddings"], json.loads(str(data["identity"]))
 
 
+def load_importance(path: Path | str, categories: list[str], n_layers: int) -> np.ndarray:
+    """The chosen normalised importance (categories x layers) from the importance stage, checked."""
+    data = load_npz(path, "layer importance", "importance")
+    found = [str(c) for c in data["categories"]]
+    if found != categories:
+        raise MapError(f"{path} has categories {found}, the corpus has {categories}; rerun `dvc repro importance`")
+    if data["importance"].shape != (len(categories), n_layers):
+        raise MapError(f"{path} has shape {data['importance'].shape}, expected {(len(categories), n_layers)}; "
+                       "rerun `dvc repro importance`")
+    return data["importance"]
+
+
 def build_map(rows: list[dict], vectors: np.ndarray, identity: dict, seed: int, learned_c: float,
               importance: np.ndarray | None = None) -> TopoMap:
     """The map over the `map` split, with its learned router fitted on the same entries."""
