@@ -65,3 +65,26 @@ def plot_importance(normalised: dict, raw: dict, categories: list[str], path: Pa
     axes[-1, 0].set_xlabel("layer")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_frontier(rows: list[dict], path: Path | str, title: str) -> None:
+    """Top-1 agreement with the full model against measured prefill speedup, a line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = sorted({r["method"] for r in rows})
+    for method in methods:
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n_skipped"])
+        style = dict(marker="o", ms=4) if len(pts) > 1 else dict(marker="*", ms=12, ls="none")
+        axes[0].plot([p["speedup"] for p in pts], [p["top1"] for p in pts], label=method, **style)
+        axes[1].plot([p["fraction"] for p in pts], [p["kl"] for p in pts], label=method, **style)
+    axes[0].set_xlabel("measured prefill speedup (x, vs full model)")
+    axes[0].set_ylabel("top-1 agreement with full model")
+    axes[0].axhline(0.95, color="grey", ls="--", lw=1)
+    axes[1].set_xlabel("fraction of layers hard-skipped")
+    axes[1].set_ylabel("KL(full || skipped)")
+    axes[1].set_yscale("symlog", linthresh=0.1)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
