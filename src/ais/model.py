@@ -152,10 +152,11 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto"):
         raise ModelError(f"model folder {model_dir} does not exist: run `dvc repro model` first")
     read_card(model_dir)
     target = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dtype, target))
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # safetensors, JSON and tokenizer errors have no common base class
         raise ModelError(f"could not load the checkpoint in {model_dir} ({err}); rerun `dvc repro -f model`") from err
     check_supported(model)
     tokenizer.padding_side = "left"

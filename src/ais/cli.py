@@ -1,0 +1,100 @@
+"""The `ais` command: try the built pipeline on your own prompt.
+
+    ais info                                  what the built map contains
+    ais route "Summarise this article: ..."   category, neighbours, skip plan
+    ais generate "What is 2+2?" --mode lossless
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = "Reads params.yaml and the outputs of `dvc repro` (data/model, data/map) in --root."
+
+
+def _read_prompt(args) -> str:
+    if args.file:
+        from ais.decode import check_prompt
+
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        return check_prompt(raw)
+    if args.prompt is None:
+        raise ValueError("give a prompt (or --file PATH, - for standard input)")
+    return args.prompt
+
+
+def _load(args, **overrides):
+    from ais.api import load
+
+    root = Path(args.root)
+    if not (root / "data/map/map.json").is_file() or not (root / "data/model").is_dir():
+        raise FileNotFoundError(f"no built pipeline in {root.resolve()}: run `dvc repro` first")
+    return load(root=root, **overrides)
+
+
+def cmd_info(args) -> dict:
+    from ais.topomap import TopoMap
+
+    root = Path(args.root)
+    if not (root / "data/map/map.json").is_file():
+        raise FileNotFoundError(f"no built map in {root.resolve()}: run `dvc repro` first")
+    topo = TopoMap.load(root / "data/map")
+    counts = {c: int((topo.labels == i).sum()) for i, c in enumerate(topo.categories)}
+    drafters = root / "data/drafters.json"
+    info = {"model": topo.identity, "entries": len(topo), "categories": counts,
+            "has_importance": topo.importance is not None, "has_learned_router": bool(topo.router),
+            "drafters": json.loads(drafters.read_text()) if drafters.is_file() else None}
+    if topo.importance is not None:
+        info["least_important_layers"] = {c: sorted(range(1, topo.importance.shape[1]),
+                                                    key=lambda l: topo.importance[i, l])[:3]
+                                          for i, c in enumerate(topo.categories)}
+    return info
+
+
+def cmd_route(args) -> dict:
+    from ais.api import route
+
+    return route(_load(args), _read_prompt(args))
+
+
+def cmd_generate(args) -> dict:
+    from ais.api import generate
+
+    result = generate(_load(args), _read_prompt(args), args.mode, args.max_new_tokens)
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.__dict__.items()}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ais", description="Adaptive layer skipping: route and generate with the built pipeline.",
+                                epilog=EPILOG)
+    p.add_argument("--root", default=".", help="repository root holding params.yaml and data/ (default: .)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="what the built map contains", epilog=EPILOG).set_defaults(fn=cmd_info)
+    for name, fn, text in (("route", cmd_route, "category, nearest map entries and skip plan of a prompt"),
+                           ("generate", cmd_generate, "greedy reply under a skip mode")):
+        s = sub.add_parser(name, help=text, description=text, epilog=EPILOG)
+        s.add_argument("prompt", nargs="?", help="the prompt text")
+        s.add_argument("--file", help="read the prompt from a UTF-8 file (- for standard input)")
+        if name == "generate":
+            s.add_argument("--mode", default="hard", choices=("full", "hard", "soft", "lossless"),
+                           help="full: no skip; hard/soft: the routed plan; lossless: speculative, identical to full")
+            s.add_argument("--max-new-tokens", type=int, default=64)
+        s.set_defaults(fn=fn)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = args.fn(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"ais: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

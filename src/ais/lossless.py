@@ -1,0 +1,90 @@
+"""Measuring the drafters per category, and choosing one: tokens/s against plain greedy in the
+same run, acceptance, mean accepted tokens per verify step, and exact match with plain greedy."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from ais.benchmark import synchronize
+from ais.decode import chat_text, context_length, encode_prompts
+from ais.router import router_embedding
+from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
+
+DRAFTERS = ("none", "routed_skip", "prompt_lookup")
+
+
+def prompt_ids(tokenizer, prompt: str, limit: int) -> list[int]:
+    ids = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    return ids[-limit:]
+
+
+def make_drafter(name: str, plan, confidence: float, ngram: int):
+    if name == "none":
+        return NoDraft()
+    if name == "routed_skip":
+        return RoutedDraft(plan, confidence)
+    if name == "prompt_lookup":
+        return PromptLookup(ngram)
+    raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS)}")
+
+
+def timed(model, *args, **kwargs):
+    synchronize(model.device)
+    start = time.perf_counter()
+    tokens, stats = speculative_generate(model, *args, **kwargs)
+    synchronize(model.device)
+    return tokens, stats, time.perf_counter() - start
+
+
+def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma: int, confidence: float,
+            max_new_tokens: int, ngram: int, min_speedup: float = 1.0, progress: bool = True):
+    """(per-category results with the chosen drafter, overall metrics, one example generation)."""
+    model = decoder.model
+    eos = tokenizer.eos_token_id
+    limit = context_length(model) - max_new_tokens - gamma - 1
+    warm = prompt_ids(tokenizer, "Hello", limit)
+    for name in DRAFTERS:  # warm-up of every code path
+        speculative_generate(model, warm, 4, make_drafter(name, decoder.plan_for(decoder.topo.categories[0], mode="hard"),
+                                                          confidence, ngram), gamma)
+    per_category, exact, example = {}, [], None
+    for category in tqdm(sorted(prompts_by_category), desc="lossless", unit="category", disable=not progress):
+        totals = {n: {"tokens": 0, "seconds": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "exact": []} for n in DRAFTERS}
+        for prompt in prompts_by_category[category]:
+            batch = encode_prompts(tokenizer, [prompt], model.device, context_length(model))
+            route = decoder.route_embeddings(router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy())[0]
+            plan = decoder.plan_for(route.category, mode="hard")
+            ids = prompt_ids(tokenizer, prompt, limit)
+            reference = None
+            for name in DRAFTERS:
+                tokens, stats, seconds = timed(model, ids, max_new_tokens, make_drafter(name, plan, confidence, ngram),
+                                               gamma, eos_token_id=eos)
+                if name == "none":
+                    reference = tokens
+                    if example is None:
+                        example = {"category": category, "prompt": prompt, "reply": tokenizer.decode(tokens, skip_special_tokens=True)}
+                t = totals[name]
+                t["tokens"] += len(tokens)
+                t["seconds"] += seconds
+                t["steps"] += stats.steps
+                t["drafted"] += stats.drafted
+                t["accepted"] += stats.accepted
+                t["exact"].append(tokens == reference)
+        row = {}
+        base = totals["none"]["tokens"] / totals["none"]["seconds"]
+        for name, t in totals.items():
+            exact += t["exact"]
+            row[name] = {"tok_per_s": round(t["tokens"] / t["seconds"], 2),
+                         "speedup": round(t["tokens"] / t["seconds"] / base, 4),
+                         "acceptance_rate": round(t["accepted"] / t["drafted"], 4) if t["drafted"] else 0.0,
+                         "mean_accepted": round(t["accepted"] / t["steps"], 4) if t["steps"] else 0.0,
+                         "exact_match": round(float(np.mean(t["exact"])), 4)}
+        best = max(("routed_skip", "prompt_lookup"), key=lambda n: row[n]["speedup"])
+        chosen = best if row[best]["speedup"] > min_speedup else "none"
+        per_category[category] = {"drafter": chosen, "speedup": row[chosen]["speedup"],
+                                  "exact_match": row[chosen]["exact_match"], "mean_accepted": row[chosen]["mean_accepted"],
+                                  "n_prompts": len(prompts_by_category[category]), "drafters": row}
+    overall = {"exact_match_all_drafters": round(float(np.mean(exact)), 4), "n_generations": len(exact),
+               "max_new_tokens": max_new_tokens, "gamma": gamma, "confidence": confidence, "ngram": ngram}
+    return per_category, overall, example

@@ -1,0 +1,32 @@
+"""Stage `lossless`: speculative decoding verified by the full model; per category, the drafter
+that pays (or none), recorded beside the map in data/drafters.json."""
+from pathlib import Path
+
+from ais.api import load
+from ais.atomic import write_json
+from ais.corpus import read_corpus
+from ais.lossless import measure
+from ais.params import get
+from ais.report_io import write_csv
+
+if __name__ == "__main__":
+    system = load(mode="hard")
+    params = system.params
+    n = get(params, "lossless.n_per_category", int, lo=1)
+    by_category: dict[str, list[str]] = {}
+    for row in read_corpus(Path("data/corpus.jsonl"), split="heldout"):
+        if len(by_category.setdefault(row["category"], [])) < n:
+            by_category[row["category"]].append(row["prompt"])
+    per_category, overall, example = measure(
+        system.decoder, system.tokenizer, by_category, get(params, "lossless.gamma", int, lo=1),
+        get(params, "lossless.confidence", float, lo=0, hi=1), get(params, "lossless.max_new_tokens", int, lo=1),
+        get(params, "lossless.ngram", int, lo=1), get(params, "lossless.min_speedup", float, lo=0))
+    write_json("data/drafters.json", {c: r["drafter"] for c, r in per_category.items()})
+    write_json("reports/lossless.json", {**overall, "per_category": per_category, "example": example})
+    write_csv("reports/lossless.csv", [{"category": c, **{f"{d}_speedup": v["speedup"] for d, v in r["drafters"].items()},
+                                        **{f"{d}_mean_accepted": v["mean_accepted"] for d, v in r["drafters"].items()}}
+                                       for c, r in per_category.items()])
+    for c, r in per_category.items():
+        print(f"lossless {c}: {r['drafter']} x{r['speedup']} exact {r['exact_match']} "
+              + " ".join(f"{d}:x{v['speedup']}/acc{v['mean_accepted']}" for d, v in r["drafters"].items()))
+    print(f"lossless: exact match over all drafters {overall['exact_match_all_drafters']} ({overall['n_generations']} generations)")

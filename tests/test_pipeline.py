@@ -1,0 +1,111 @@
+"""Integration: the whole DVC pipeline with small params in a temporary copy of the repo, then an
+experiment that changes skip.alpha, which must change the soft-skip results and nothing else."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_fake_bigbench
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+CATEGORIES = {
+    "math": [("arith/add", "What is {input}?", False), ("arith/mul", "Multiply {input}.", False),
+             ("physics", "Physics question: {input}", True)],
+    "story": [("gen/common", "Write a sentence with the words: {input}", False),
+              ("gen/story", "Write a short story about {input}.", False),
+              ("gen/webnlg", "Write a sentence that expresses: {input}", True)],
+    "qa": [("qa/wiki", "Complete this fact: {input}", False), ("qa/general", "Question: {input}", False),
+           ("qa/hindu", "{input}", True)],
+}
+WORDS = "river mountain teacher engine garden violin planet kitchen winter harbor".split()
+
+
+def fake_inputs(task: str, n: int = 40) -> list[str]:
+    if task.startswith("arith") or task == "physics":
+        return [f"{i * 7 % 97} and {i * 13 % 89}" for i in range(n)]
+    return [f"{WORDS[i % 10]} {WORDS[(i * 3 + 1) % 10]} number {i}" for i in range(n)]
+
+
+SMALL = {
+    "corpus": {"n": 36, "n_importance": 2, "n_heldout": 3, "n_heldout_task": 3, "max_chars": 120},
+    "router": {"sweep_per_category": 4, "batch_size": 8, "k": 3},
+    "importance": {"n_continuation": 3},
+    "validate": {"n_per_category": 3, "n_continuation": 3},
+    "multiple_choice": {"benchmarks": ["arc_easy", "piqa"], "n_per_benchmark": 4},
+    "throughput": {"category": "qa", "batch_sizes": [1, 2], "generate_batch_sizes": [1], "new_tokens": 3,
+                   "warmup": 1, "repeats": 2, "generate_repeats": 1},
+    "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_batch": 2, "repeats": 2},
+    "umap": {"n_neighbors": 5},
+    "model": {"dtype": "float32"},
+}
+
+
+def run(cmd, cwd, env):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file() and not name.startswith("reports/") and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    archive = write_fake_bigbench(root.parent / "bb.tar.gz",
+                                  {task: fake_inputs(task) for tasks in CATEGORIES.values() for task, _, _ in tasks})
+    (root / "data/categories.yaml").write_text(yaml.safe_dump(
+        {c: [{"task": t, "template": tpl, "heldout": h} for t, tpl, h in tasks] for c, tasks in CATEGORIES.items()}))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in SMALL.items():
+        params[section].update(values)
+    params["corpus"]["archive"] = str(archive)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run(["git", "init", "-q"], root, env)
+    run(git + ["add", "-A"], root, env)
+    run(git + ["commit", "-qm", "small"], root, env)
+    return root, env, git
+
+
+def read_metrics(root: Path) -> dict:
+    return {p.name: json.loads(p.read_text()) for p in sorted((root / "reports").glob("*.json"))}
+
+
+def test_repro_then_experiment_changes_only_soft_results(small_repo):
+    root, env, git = small_repo
+    run([sys.executable, "-m", "dvc", "repro"], root, env)
+    before = read_metrics(root)
+    for name in ("map.json", "importance.json", "validate.json", "multiple_choice.json", "throughput.json", "frontier.json"):
+        assert name in before, name
+    assert (root / "reports/README.md").read_text().startswith("# Results")
+    assert (root / "data/map/index.faiss").is_file() and (root / "reports/umap.png").is_file()
+    assert before["corpus.json"]["splits"]["map"]["n"] == 36
+    # everything ran and was recorded: nothing is left to run
+    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root, env)
+    run(git + ["add", "-A"], root, env)
+    run(git + ["commit", "-qm", "baseline"], root, env)
+
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "skip.alpha=0.3"], root, env)
+    after = read_metrics(root)
+    for stage in ("embed", "map", "importance", "throughput", "frontier"):
+        assert f"'{stage}' didn't change, skipping" in out, stage
+    soft = {k: v for k, v in after["validate.json"].items() if k.startswith("routed_soft") and k != "routed_soft_categories_passing"}
+    assert any(soft[k] != before["validate.json"][k] for k in soft), "soft-skip metrics did not move with alpha"
+    for key, value in after["validate.json"].items():
+        if not key.startswith("routed_soft"):
+            assert value == before["validate.json"][key], key
+    for name in ("map.json", "importance.json", "throughput.json", "frontier.json", "corpus.json"):
+        assert after[name] == before[name], name
+    diff = run([sys.executable, "-m", "dvc", "metrics", "diff"], root, env)
+    assert "routed_soft_kl" in diff
