@@ -6,12 +6,13 @@ from ais.api import load
 from ais.atomic import write_json
 from ais.corpus import read_corpus
 from ais.lossless import measure
-from ais.params import get
+from ais.params import get, load_params
 from ais.report_io import write_csv
 
 if __name__ == "__main__":
-    system = load(mode="hard")
-    params = system.params
+    params = load_params()
+    # exactness is claimed at lossless.dtype (float32): see System.lossless_model
+    system = load(dtype=get(params, "lossless.dtype", str, choices=("float32", "float64", "bfloat16", "float16")), mode="hard")
     n = get(params, "lossless.n_per_category", int, lo=1)
     by_category: dict[str, list[str]] = {}
     for row in read_corpus(Path("data/corpus.jsonl"), split="heldout"):
@@ -20,7 +21,8 @@ if __name__ == "__main__":
     per_category, overall, example = measure(
         system.decoder, system.tokenizer, by_category, get(params, "lossless.gamma", int, lo=1),
         get(params, "lossless.confidence", float, lo=0, hi=1), get(params, "lossless.max_new_tokens", int, lo=1),
-        get(params, "lossless.ngram", int, lo=1), get(params, "lossless.min_speedup", float, lo=0))
+        get(params, "lossless.ngram", int, lo=1), get(params, "lossless.draft_fraction", float, lo=0, hi=1, hi_open=True),
+        get(params, "lossless.min_speedup", float, lo=0))
     write_json("data/drafters.json", {c: r["drafter"] for c, r in per_category.items()})
     write_json("reports/lossless.json", {**overall, "per_category": per_category, "example": example})
     write_csv("reports/lossless.csv", [{"category": c, **{f"{d}_speedup": v["speedup"] for d, v in r["drafters"].items()},

@@ -25,7 +25,10 @@ if __name__ == "__main__":
     for c in categories:
         on_map = [r for r in rows if r["split"] == "map" and r["category"] == c]
         sample += rng.sample(on_map, min(per_category, len(on_map)))
-    held = [r for r in rows if r["split"] in ("heldout", "heldout_task")]
+    held = []
+    for c in categories:
+        for split in ("heldout", "heldout_task"):
+            held += [r for r in rows if r["split"] == split and r["category"] == c][:per_category // 2]
     prompts = [r["prompt"] for r in sample + held]
     layers = embed_all_layers(
         model, tokenizer, prompts, get(params, "router.pooling", str), get(params, "router.batch_size", int, lo=1))

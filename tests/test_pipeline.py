@@ -43,14 +43,15 @@ SMALL = {
                    "warmup": 1, "repeats": 2, "generate_repeats": 1},
     "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_batch": 2, "repeats": 2},
     "umap": {"n_neighbors": 5},
+    "lossless": {"n_per_category": 1, "max_new_tokens": 8},
     "model": {"dtype": "float32"},
 }
 
 
-def run(cmd, cwd, env):
+def run(cmd, cwd, env, stdout_only=False):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
+    return result.stdout if stdout_only else result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,55 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
         assert after[name] == before[name], name
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff"], root, env)
     assert "routed_soft_kl" in diff
+
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+DETERMINISTIC = ["data/corpus.jsonl", "data/embeddings.npz", "data/importance.npz", "data/map", "reports/validate.json",
+                 "reports/map.json", "reports/corpus.json"]
+
+
+def test_deterministic_stages_give_identical_bytes(small_repo):
+    root, env, _ = small_repo
+    if not (root / "data/map").is_dir():
+        run([sys.executable, "-m", "dvc", "repro"], root, env)
+    before = {p: digest(root / p) for p in DETERMINISTIC}
+    for stage in ("corpus", "embed", "importance", "map", "validate"):
+        run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], root, env)
+    assert {p: digest(root / p) for p in DETERMINISTIC} == before
+
+
+def test_cli_and_api_on_the_built_pipeline(small_repo):
+    root, env, _ = small_repo
+    if not (root / "data/map").is_dir():
+        run([sys.executable, "-m", "dvc", "repro"], root, env)
+    ais = [str(Path(sys.executable).parent / "ais"), "--root", str(root)]
+    info = json.loads(run(ais + ["info"], root, env, stdout_only=True))
+    assert info["entries"] == 36 and set(info["categories"]) == set(CATEGORIES)
+    routed = json.loads(run(ais + ["route", "What is 12 and 30?"], root, env, stdout_only=True))
+    assert routed["category"] in CATEGORIES and len(routed["neighbours"]) == 3
+    full = json.loads(run(ais + ["generate", "Write a short story about a river.", "--mode", "full",
+                                 "--max-new-tokens", "12"], root, env, stdout_only=True))
+    lossless = json.loads(run(ais + ["generate", "Write a short story about a river.", "--mode", "lossless",
+                                     "--max-new-tokens", "12"], root, env, stdout_only=True))
+    assert lossless["text"] == full["text"] and full["text"].strip()
+    bad = subprocess.run(ais + ["generate", "   "], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "prompt is empty" in bad.stderr
+    missing = subprocess.run(ais[:1] + ["--root", str(root.parent), "route", "hi"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "run `dvc repro` first" in missing.stderr
+
+    from ais.api import generate, load
+
+    system = load(root=root)
+    hard = generate(system, "Multiply 7 and 8.", mode="hard", max_new_tokens=8)
+    soft = generate(system, "Multiply 7 and 8.", mode="soft", max_new_tokens=8)
+    assert hard.skipped_layers == soft.skipped_layers and len(hard.skipped_layers) == 3
+    assert hard.category in CATEGORIES and hard.seconds > 0

@@ -25,17 +25,33 @@ class System:
     topo: TopoMap
     decoder: RoutedDecoder
     params: dict
+    _lossless: object = None
+
+    def lossless_model(self):
+        """The model in `lossless.dtype` (float32 by default): in bfloat16, verifying several
+        tokens in one forward rounds differently from one-token steps and the greedy tokens can
+        differ, so exactness is only claimed at this dtype. Loaded once, only if it differs."""
+        dtype = get(self.params, "lossless.dtype", str)
+        from ais.model import pick_dtype
+
+        if pick_dtype(dtype, self.model.device) == self.model.dtype:
+            return self.model
+        if self._lossless is None:
+            self._lossless = load_model(Path(self.params["_root"]) / "data/model", dtype, str(self.model.device))[0]
+        return self._lossless
 
 
-def load(params_path: str | Path = "params.yaml", root: str | Path = ".", **overrides) -> System:
-    """Load model and map with the settings in params.yaml (`overrides` replace top-level keys
-    of the `skip` section, e.g. mode='soft')."""
+def load(params_path: str | Path = "params.yaml", root: str | Path = ".", dtype: str | None = None,
+         **overrides) -> System:
+    """Load model and map with the settings in params.yaml (`dtype` replaces model.dtype;
+    `overrides` replace keys of the `skip` section, e.g. mode='soft')."""
     root = Path(root)
     params = load_params(Path(root) / params_path if not Path(params_path).is_absolute() else params_path)
     params.setdefault("skip", {}).update(overrides)
     params["_root"] = str(root)
     settings = SkipSettings.from_params(params)
-    model, tokenizer = load_model(root / "data/model", get(params, "model.dtype", str), get(params, "model.device", str))
+    model, tokenizer = load_model(root / "data/model", dtype or get(params, "model.dtype", str),
+                                  get(params, "model.device", str))
     from ais.model import model_identity
 
     topo = TopoMap.load(root / "data/map", model_identity(model))
@@ -106,10 +122,11 @@ def generate(system: System, prompt: str, mode: str = "hard", max_new_tokens: in
     drafter_name, mean_accepted = None, None
     if mode == "lossless":
         drafter_name = _drafters(system).get(r.category, "none")
-        drafter = make_drafter(drafter_name, make_plan(layers, "hard", 1), float(system.params["lossless"]["confidence"]),
+        draft_layers = system.decoder.plan_for(r.category, float(system.params["lossless"]["draft_fraction"])).layers
+        drafter = make_drafter(drafter_name, make_plan(draft_layers, "hard", 1), float(system.params["lossless"]["confidence"]),
                                int(system.params["lossless"]["ngram"]))
         ids = prompt_ids(tok, prompt, context_length(model) - max_new_tokens - 8)
-        new, stats = speculative_generate(model, ids, max_new_tokens, drafter, int(system.params["lossless"]["gamma"]),
+        new, stats = speculative_generate(system.lossless_model(), ids, max_new_tokens, drafter, int(system.params["lossless"]["gamma"]),
                                           eos_token_id=tok.eos_token_id)
         mean_accepted, plan = stats.mean_accepted, NO_SKIP
     else:

@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         result = args.fn(args)
     except (ValueError, FileNotFoundError, OSError) as err:

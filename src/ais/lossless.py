@@ -39,7 +39,7 @@ def timed(model, *args, **kwargs):
 
 
 def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma: int, confidence: float,
-            max_new_tokens: int, ngram: int, min_speedup: float = 1.0, progress: bool = True):
+            max_new_tokens: int, ngram: int, draft_fraction: float, min_speedup: float = 1.0, progress: bool = True):
     """(per-category results with the chosen drafter, overall metrics, one example generation)."""
     model = decoder.model
     eos = tokenizer.eos_token_id
@@ -54,7 +54,7 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
         for prompt in prompts_by_category[category]:
             batch = encode_prompts(tokenizer, [prompt], model.device, context_length(model))
             route = decoder.route_embeddings(router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy())[0]
-            plan = decoder.plan_for(route.category, mode="hard")
+            plan = decoder.plan_for(route.category, draft_fraction, mode="hard")
             ids = prompt_ids(tokenizer, prompt, limit)
             reference = None
             for name in DRAFTERS:
@@ -86,5 +86,6 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
                                   "exact_match": row[chosen]["exact_match"], "mean_accepted": row[chosen]["mean_accepted"],
                                   "n_prompts": len(prompts_by_category[category]), "drafters": row}
     overall = {"exact_match_all_drafters": round(float(np.mean(exact)), 4), "n_generations": len(exact),
-               "max_new_tokens": max_new_tokens, "gamma": gamma, "confidence": confidence, "ngram": ngram}
+               "max_new_tokens": max_new_tokens, "gamma": gamma, "confidence": confidence, "ngram": ngram,
+               "draft_fraction": draft_fraction}
     return per_category, overall, example
