@@ -51,3 +51,11 @@ def test_bad_model_settings_fail_clearly(tmp_path):
         pick_dtype("int8", pick_device("cpu"))
     with pytest.raises(ModelError, match="model.device='tpu'"):
         pick_device("tpu")
+
+
+def test_model_source_that_does_not_exist(tmp_path):
+    from ais.model import materialise
+
+    with pytest.raises(ModelError, match="model.source='/no/such/checkpoint' does not exist"):
+        materialise("/no/such/checkpoint", tmp_path / "model")
+    assert not (tmp_path / "model").exists()

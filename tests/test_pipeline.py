@@ -162,3 +162,19 @@ def test_cli_and_api_on_the_built_pipeline(small_repo):
     soft = generate(system, "Multiply 7 and 8.", mode="soft", max_new_tokens=8)
     assert hard.skipped_layers == soft.skipped_layers and len(hard.skipped_layers) == 3
     assert hard.category in CATEGORIES and hard.seconds > 0
+
+
+def test_interrupted_stage_keeps_previous_outputs(small_repo):
+    root, env, _ = small_repo
+    if not (root / "data/map").is_dir():
+        run([sys.executable, "-m", "dvc", "repro"], root, env)
+    before = {p.name: digest(p) for p in (root / "data").iterdir()}
+    proc = subprocess.Popen([sys.executable, "stages/embed.py"], cwd=root, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:  # killed while it computes, after it has started its work
+        if "router embeddings" in line:
+            break
+    proc.kill()
+    proc.wait()
+    assert {p.name: digest(p) for p in (root / "data").iterdir()} == before
+    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root, env)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -95,8 +96,16 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"ais: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(to_json(result))
     return 0
+
+
+def to_json(obj) -> str:
+    """Indented JSON with lists of plain values kept on one line."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    return re.sub(r"\[\s*([^\[\]{}]*?)\s*\]",
+                  lambda m: "[" + ", ".join(part.strip() for part in m.group(1).split(",")) + "]"
+                  if "\n" in m.group(0) else m.group(0), text)
 
 
 if __name__ == "__main__":
