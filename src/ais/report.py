@@ -63,10 +63,21 @@ def build_report(reports: Path, params: dict) -> str:
                 _table(["generation", "full tok/s", "routed tok/s", "speedup", "ideal"], gen), ""]
     lossless = _json(reports / "lossless.json")
     if lossless:
+        dtype = params.get("lossless", {}).get("dtype", "?")
         out += ["## Lossless speculative decoding (stage `lossless`)", "",
-                _table(["category", "drafter", "exact match", "speedup", "mean accepted"],
-                       [[c, v["drafter"], v["exact_match"], v["speedup"], v["mean_accepted"]]
+                f"Greedy generation of {lossless['max_new_tokens']} tokens, {dtype}, against plain greedy decoding in "
+                f"the same run; gamma {lossless['gamma']}. Exact match with plain greedy over all drafters: "
+                f"**{lossless['exact_match_all_drafters']}** ({lossless['n_generations']} generations). A category "
+                "uses a drafter only where it beat plain decoding; speedups below 1 are shown as measured.", "",
+                _table(["category", "chosen", "exact match", "speedup", "routed_skip speedup",
+                        "routed_skip accepted/step", "prompt_lookup speedup", "prompt_lookup accepted/step"],
+                       [[c, v["drafter"], v["exact_match"], v["speedup"],
+                         v["drafters"]["routed_skip"]["speedup"], v["drafters"]["routed_skip"]["mean_accepted"],
+                         v["drafters"]["prompt_lookup"]["speedup"], v["drafters"]["prompt_lookup"]["mean_accepted"]]
                         for c, v in lossless["per_category"].items()]), ""]
+        if lossless.get("example"):
+            ex = lossless["example"]
+            out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]
     mc = _json(reports / "multiple_choice.json")
     if mc:
         rows = []
