@@ -170,3 +170,17 @@ def test_atomic_file_leaves_nothing_on_error(tmp_path):
             (tmp / "a").write_text("half")
             raise ValueError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_with_bad_param_prints_one_clear_line_and_writes_nothing(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["skip"]["alpha"] = 1.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(repo / "stages/validate.py")], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: `skip.alpha` is 1.5; it must be < 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

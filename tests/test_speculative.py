@@ -104,3 +104,12 @@ def test_routed_draft_leaves_cache_as_it_found_it(model):
     RoutedDraft(SkipPlan.make(hard=[3, 4]), 0.0).propose(model, prompt, cache, 4)
     for (k, v), layer in zip(before, cache.layers):
         assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+
+
+def test_prompt_lookup_agrees_with_transformers_assisted_generation(model):
+    """transformers' own prompt-lookup decoding gives the same tokens as our loop (both greedy)."""
+    for prompt in PROMPTS:
+        ours, _ = speculative_generate(model, prompt, 16, PromptLookup(3), gamma=4)
+        theirs = model.generate(torch.tensor([prompt]), prompt_lookup_num_tokens=4, max_matching_ngram_size=3,
+                                max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert ours == theirs[0, len(prompt):].tolist()
