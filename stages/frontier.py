@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ais.api import load
 from ais.atomic import load_npz, write_json
-from ais.corpus import read_corpus
+from ais.corpus import prompts_by_category, read_corpus
 from ais.frontier import frontier, original_plans
 from ais.params import get
 from ais.plots import plot_frontier
@@ -14,10 +14,7 @@ if __name__ == "__main__":
     system = load(mode="hard")
     params = system.params
     n = get(params, "frontier.n_per_category", int, lo=1)
-    by_category: dict[str, list[str]] = {}
-    for row in read_corpus(Path("data/corpus.jsonl"), split="heldout"):
-        if len(by_category.setdefault(row["category"], [])) < n:
-            by_category[row["category"]].append(row["prompt"])
+    by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "heldout", n)
     timing = [p for ps in by_category.values() for p in ps][: get(params, "frontier.timing_batch", int, lo=1)]
     importance = load_npz("data/importance.npz", "layer importance", "importance")
     extra = original_plans(system.model.config.num_hidden_layers, importance["raw_group_kl"], system.topo.categories)

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from ais.atomic import save_npz, write_json
-from ais.corpus import read_corpus
+from ais.corpus import prompts_by_category, read_corpus
 from ais.importance import METHODS, measure, normalise
 from ais.model import load_model
 from ais.params import get, load_params
@@ -15,10 +15,7 @@ if __name__ == "__main__":
     params = load_params()
     method = get(params, "importance.method", str, choices=METHODS)
     model, tokenizer = load_model("data/model", get(params, "model.dtype", str), get(params, "model.device", str))
-    rows = read_corpus(Path("data/corpus.jsonl"), split="importance")
-    by_category: dict[str, list[str]] = {}
-    for row in rows:
-        by_category.setdefault(row["category"], []).append(row["prompt"])
+    by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "importance")
     raw = measure(model, tokenizer, by_category, get(params, "importance.n_continuation", int, lo=0),
                   get(params, "importance.n_groups", int, lo=1))
     normalised = {m: normalise(raw[m]) for m in METHODS}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ais.api import load
 from ais.atomic import write_json
-from ais.corpus import read_corpus
+from ais.corpus import prompts_by_category, read_corpus
 from ais.lossless import measure
 from ais.params import get, load_params
 from ais.report_io import write_csv
@@ -14,10 +14,7 @@ if __name__ == "__main__":
     # exactness is claimed at lossless.dtype (float32): see System.lossless_model
     system = load(dtype=get(params, "lossless.dtype", str, choices=("float32", "float64", "bfloat16", "float16")), mode="hard")
     n = get(params, "lossless.n_per_category", int, lo=1)
-    by_category: dict[str, list[str]] = {}
-    for row in read_corpus(Path("data/corpus.jsonl"), split="heldout"):
-        if len(by_category.setdefault(row["category"], [])) < n:
-            by_category[row["category"]].append(row["prompt"])
+    by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "heldout", n)
     per_category, overall, example = measure(
         system.decoder, system.tokenizer, by_category, get(params, "lossless.gamma", int, lo=1),
         get(params, "lossless.confidence", float, lo=0, hi=1), get(params, "lossless.max_new_tokens", int, lo=1),

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from ais.api import load
 from ais.atomic import write_json
-from ais.corpus import read_corpus
+from ais.corpus import prompts_by_category, read_corpus
 from ais.params import get
 from ais.report_io import write_csv
 from ais.validation import validate
@@ -12,10 +12,7 @@ if __name__ == "__main__":
     system = load()
     params = system.params
     n = get(params, "validate.n_per_category", int, lo=1)
-    by_category: dict[str, list[str]] = {}
-    for row in read_corpus(Path("data/corpus.jsonl"), split="heldout"):
-        if len(by_category.setdefault(row["category"], [])) < n:
-            by_category[row["category"]].append(row["prompt"])
+    by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "heldout", n)
     overall, per_category = validate(system.decoder, system.tokenizer, by_category,
                                      get(params, "validate.n_continuation", int, lo=0), get(params, "validate.seed", int))
     write_json("reports/validate.json", overall)

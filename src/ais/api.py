@@ -79,14 +79,9 @@ class Generation:
 
 
 def _route(system: System, prompt: str):
-    import torch  # noqa: F401
+    from ais.decode import check_prompt
 
-    from ais.decode import check_prompt, context_length, encode_prompts
-    from ais.router import router_embedding
-
-    batch = encode_prompts(system.tokenizer, [check_prompt(prompt)], system.model.device, context_length(system.model))
-    vector = router_embedding(system.model, batch, system.decoder.pivot, system.decoder.pooling).cpu().numpy()
-    return system.decoder.route_embeddings(vector)[0]
+    return system.decoder.route_prompts(system.tokenizer, [check_prompt(prompt)])[0]
 
 
 def route(system: System, prompt: str) -> dict:

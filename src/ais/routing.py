@@ -89,3 +89,39 @@ def router_cost(topo: TopoMap, queries: np.ndarray, k: int) -> dict:
         seconds = _per_second(lambda: topo.predict(queries, k, kind))
         out[f"{kind}_microseconds_per_prompt"] = round(1e6 * seconds / len(queries), 2)
     return out
+
+
+def sweep_sample(rows: list[dict], per_category: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(map rows, held-out rows) for the pivot sweep: `per_category` random map prompts and the
+    first `per_category // 2` of each held-out split, per category."""
+    import random
+
+    rng = random.Random(seed)
+    categories = sorted({r["category"] for r in rows})
+    sample, held = [], []
+    for c in categories:
+        on_map = [r for r in rows if r["split"] == "map" and r["category"] == c]
+        sample += rng.sample(on_map, min(per_category, len(on_map)))
+    for c in categories:
+        for split in ("heldout", "heldout_task"):
+            held += [r for r in rows if r["split"] == split and r["category"] == c][:per_category // 2]
+    return sample, held
+
+
+def pivot_sweep(layers: np.ndarray, sample: list[dict], held: list[dict], k: int) -> list[dict]:
+    """k-NN routing accuracy of the held-out rows at every pivot, from pooled states of every
+    layer (n_layers x rows x hidden, map rows first)."""
+    categories = sorted({r["category"] for r in sample + held})
+    labels = np.array([categories.index(r["category"]) for r in sample + held])
+    n_map = len(sample)
+    table = []
+    for pivot in range(1, layers.shape[0] + 1):
+        topo = TopoMap(layers[pivot - 1, :n_map], labels[:n_map], categories, {})
+        row = {"pivot_layer": pivot}
+        for split in ("heldout", "heldout_task"):
+            mask = np.array([r["split"] == split for r in held])
+            if mask.any():
+                pred = topo.predict_knn(layers[pivot - 1, n_map:][mask], min(k, n_map))
+                row[f"knn_accuracy_{split}"] = round(float((pred == labels[n_map:][mask]).mean()), 4)
+        table.append(row)
+    return table

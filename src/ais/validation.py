@@ -4,27 +4,13 @@ at random or by one global plan (the pooled importance of all categories)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from ais.decode import context_length, encode_prompts
 from ais.decoder import RoutedDecoder
 from ais.plan import lowest_layers, make_plan, random_layers, candidate_layers
 from ais.quality import compare, make_reference
-from ais.router import router_embedding
 
 PASS_TOP1 = 0.95  # the original's criterion for a category to pass
-
-
-def route_prompts(decoder: RoutedDecoder, tokenizer, prompts: list[str], batch_size: int = 16):
-    """Routes of prompts, batch by batch (the router forward only)."""
-    routes = []
-    for start in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tokenizer, prompts[start:start + batch_size], decoder.model.device,
-                               context_length(decoder.model))
-        vectors = router_embedding(decoder.model, batch, decoder.pivot, decoder.pooling).cpu().numpy()
-        routes += decoder.route_embeddings(vectors)
-    return routes
 
 
 def global_layers(decoder: RoutedDecoder, n: int) -> list[int]:
@@ -60,7 +46,7 @@ def validate(decoder: RoutedDecoder, tokenizer, prompts_by_category: dict[str, l
     per_category, pooled = [], {}
     for category in tqdm(sorted(prompts_by_category), desc="validate", unit="category", disable=not progress):
         prompts = prompts_by_category[category]
-        routes = route_prompts(decoder, tokenizer, prompts)
+        routes = decoder.route_prompts(tokenizer, prompts)
         ref = make_reference(model, tokenizer, prompts, n_continuation)
         routed_layers = [r.plan.layers for r in routes]
         conditions = {
