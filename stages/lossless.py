@@ -5,8 +5,9 @@ from pathlib import Path
 from ais.api import load
 from ais.atomic import write_json
 from ais.corpus import prompts_by_category, read_corpus
-from ais.lossless import measure
+from ais.lossless import ABLATIONS, DRAFTERS, measure
 from ais.params import get, load_params
+from ais.plots import plot_lossless
 from ais.report_io import write_csv
 
 if __name__ == "__main__":
@@ -25,7 +26,11 @@ if __name__ == "__main__":
     write_csv("reports/lossless.csv", [{"category": c, **{f"{d}_speedup": v["speedup"] for d, v in r["drafters"].items()},
                                         **{f"{d}_mean_accepted": v["mean_accepted"] for d, v in r["drafters"].items()}}
                                        for c, r in per_category.items()])
+    plot_lossless(per_category, [d for d in DRAFTERS + ABLATIONS if d != "none"], "reports/lossless.png",
+                  f"lossless speculative decoding ({overall['n_generations']} generations, exact match "
+                  f"{overall['exact_match_all_drafters']}); gamma {overall['gamma']}")
     for c, r in per_category.items():
         print(f"lossless {c}: {r['drafter']} x{r['speedup']} exact {r['exact_match']} "
               + " ".join(f"{d}:x{v['speedup']}/acc{v['mean_accepted']}" for d, v in r["drafters"].items()))
+    print("lossless overall: " + " ".join(f"{d}:x{v['speedup']}" for d, v in overall["drafters"].items()))
     print(f"lossless: exact match over all drafters {overall['exact_match_all_drafters']} ({overall['n_generations']} generations)")

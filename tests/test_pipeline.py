@@ -92,6 +92,13 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     assert (root / "reports/README.md").read_text().startswith("# Results")
     assert (root / "data/map/index.faiss").is_file() and (root / "reports/umap.png").is_file()
     assert before["corpus.json"]["splits"]["map"]["n"] == 36
+    # the embedded model, every drafter and ablation: the same tokens as plain greedy decoding
+    lossless = before["lossless.json"]
+    assert lossless["exact_match_all_drafters"] == 1.0 and lossless["n_generations"] == 3 * 5
+    assert set(lossless["drafters"]) == {"none", "routed_skip", "prompt_lookup", "routed_skip_fixed_threshold",
+                                         "routed_skip_no_shared_prefix"}
+    assert set(json.loads((root / "data/drafters.json").read_text())) == set(CATEGORIES)
+    assert (root / "reports/lossless.png").is_file()
     # everything ran and was recorded: nothing is left to run
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root, env)
     run(git + ["add", "-A"], root, env)

@@ -5,7 +5,7 @@ from transformers import DynamicCache
 
 from ais.decoder import plain_generate
 from ais.skip import SkipPlan
-from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate, truncate_cache
+from ais.speculative import Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, speculative_generate, truncate_cache
 from conftest import left_padded, tiny_llama
 
 PROMPTS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9], [1, 11, 13, 17, 11, 13, 17, 11]]
@@ -15,7 +15,7 @@ def greedy(model, prompt, n):
     return plain_generate(model, left_padded([prompt]), n)[0].tolist()
 
 
-class Scripted:
+class Scripted(Drafter):
     """Proposes the true greedy continuation with a wrong token at `wrong_at` (None: all right)."""
 
     name = "scripted"
@@ -28,7 +28,7 @@ class Scripted:
         draft = list(self.truth[done:done + gamma])
         if self.wrong_at is not None and self.wrong_at < len(draft):
             draft[self.wrong_at] = (draft[self.wrong_at] + 1) % 97
-        return draft
+        return Draft(draft)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,19 @@ def model():
     return tiny_llama(dtype=torch.float64, seed=3)
 
 
+DRAFTERS = {"none": lambda: NoDraft(), "lookup2": lambda: PromptLookup(2), "lookup3": lambda: PromptLookup(3),
+            "routed_always": lambda: RoutedDraft(SkipPlan.make(hard=[4]), 0.0),
+            "routed_shared": lambda: RoutedDraft(SkipPlan.make(hard=[2, 3]), 0.5),
+            "routed_recompute_fixed": lambda: RoutedDraft(SkipPlan.make(hard=[2, 3]), 0.5, adaptive=False, share_prefix=False),
+            "routed_soft_plan": lambda: RoutedDraft(SkipPlan.make(hard=[3], soft={1: 0.5}), 0.3)}
+
+
 @pytest.mark.parametrize("prompt", PROMPTS)
-@pytest.mark.parametrize("drafter", [NoDraft(), PromptLookup(2), PromptLookup(3),
-                                     RoutedDraft(SkipPlan.make(hard=[4]), 0.0), RoutedDraft(SkipPlan.make(hard=[2, 3]), 0.5)],
-                         ids=lambda d: f"{d.name}")
+@pytest.mark.parametrize("drafter", DRAFTERS)
 @pytest.mark.parametrize("gamma", [1, 3, 6])
 def test_identical_to_greedy_for_every_drafter(model, prompt, drafter, gamma):
     expected = greedy(model, prompt, 20)
-    tokens, stats = speculative_generate(model, prompt, 20, drafter, gamma)
+    tokens, stats = speculative_generate(model, prompt, 20, DRAFTERS[drafter](), gamma)
     assert tokens == expected
     assert stats.accepted <= stats.drafted and stats.steps + stats.accepted == 20
 
@@ -96,14 +101,61 @@ def test_cache_after_rollback_equals_fresh_greedy_cache(model):
         torch.testing.assert_close(a.values, b.values, rtol=1e-9, atol=1e-12)
 
 
-def test_routed_draft_leaves_cache_as_it_found_it(model):
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_routed_draft_rolls_back_above_the_shared_prefix_only(model, share_prefix):
+    """Layers from the lowest skipped one up are left as found; below it, the cache holds the full
+    model's own keys and values for the drafted positions, which the verify then reuses."""
     prompt = PROMPTS[1]
     cache = DynamicCache(config=model.config)
     model(input_ids=torch.tensor([prompt[:-1]]), past_key_values=cache, use_cache=True)
     before = [(l.keys.clone(), l.values.clone()) for l in cache.layers]
-    RoutedDraft(SkipPlan.make(hard=[3, 4]), 0.0).propose(model, prompt, cache, 4)
-    for (k, v), layer in zip(before, cache.layers):
+    draft = RoutedDraft(SkipPlan.make(hard=[3, 4]), 0.0, share_prefix=share_prefix).propose(model, prompt, cache, 4)
+    assert len(draft.tokens) == 4
+    shared = 3 if share_prefix else 0
+    for (k, v), layer in list(zip(before, cache.layers))[shared:]:
         assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+    full = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([prompt + draft.tokens[:-1]]), past_key_values=full, use_cache=True)
+    for ours, theirs in list(zip(cache.layers, full.layers))[:shared]:
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-9, atol=1e-12)
+    assert (draft.hidden is not None) == share_prefix
+
+
+def test_shared_prefix_verify_runs_the_lower_layers_on_one_token_only(model):
+    """With the shared prefix, layers below the lowest skipped layer see one new token per step
+    after the prefill (draft steps and the verify's last token); without it, the verify feeds them
+    every drafted position again."""
+    seen = []
+    hook = model.model.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    try:
+        counts = {}
+        for share in (True, False):
+            seen.clear()
+            tokens, stats = speculative_generate(model, PROMPTS[0], 12, RoutedDraft(SkipPlan.make(hard=[3]), 0.0, share_prefix=share), 4)
+            counts[share] = list(seen[1:])  # after the prefill
+    finally:
+        hook.remove()
+    assert tokens == greedy(model, PROMPTS[0], 12) and stats.drafted > stats.steps
+    assert set(counts[True]) == {1}
+    assert max(counts[False]) > 1
+
+
+def test_adaptive_threshold_follows_draft_and_verify_rule():
+    draft = RoutedDraft(SkipPlan.make(hard=[3]), 0.8)
+    for _ in range(5):
+        draft.observe(drafted=4, accepted=0, gamma=4)      # poor acceptance: stop drafting earlier
+    raised = draft.threshold
+    assert 0.8 < raised <= 1.0
+    for _ in range(10):
+        draft.observe(drafted=2, accepted=2, gamma=4)      # good acceptance, stopped early: draft longer
+    assert draft.threshold < raised
+    lowered = draft.threshold
+    draft.observe(drafted=4, accepted=4, gamma=4)          # good acceptance at full length: stay
+    assert draft.threshold == pytest.approx(lowered)
+    fixed = RoutedDraft(SkipPlan.make(hard=[3]), 0.8, adaptive=False)
+    fixed.observe(drafted=4, accepted=0, gamma=4)
+    assert fixed.threshold == 0.8
 
 
 def test_prompt_lookup_agrees_with_transformers_assisted_generation(model):

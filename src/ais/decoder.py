@@ -33,20 +33,26 @@ class Route:
     plan: SkipPlan = NO_SKIP
 
 
+def layer_kwargs(model, hidden, cache, attention_mask=None, layer: int = 0) -> dict:
+    """The keyword arguments LlamaModel.forward passes to each decoder layer, for `hidden` appended
+    after what cache layer `layer` holds (layers may hold different lengths while drafting)."""
+    past = cache.get_seq_length(layer) if cache is not None else 0
+    position_ids = (torch.arange(hidden.shape[1], device=hidden.device) + past).unsqueeze(0)
+    mask = create_causal_mask(config=model.model.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                              past_key_values=cache, position_ids=position_ids, layer_idx=layer)
+    return {"attention_mask": mask, "position_ids": position_ids, "past_key_values": cache,
+            "use_cache": cache is not None,
+            "position_embeddings": model.model.rotary_emb(hidden, position_ids=position_ids)}
+
+
 def _context(model, batch: dict, cache):
     """Embeddings and the per-layer keyword arguments LlamaModel.forward would build."""
-    inner = model.model
-    embeds = inner.embed_tokens(batch["input_ids"])
-    past = cache.get_seq_length() if cache is not None else 0
-    position_ids = (torch.arange(embeds.shape[1], device=embeds.device) + past).unsqueeze(0)
-    mask = create_causal_mask(config=inner.config, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                              past_key_values=cache, position_ids=position_ids)
-    return embeds, {"attention_mask": mask, "position_ids": position_ids, "past_key_values": cache,
-                    "use_cache": cache is not None,
-                    "position_embeddings": inner.rotary_emb(embeds, position_ids=position_ids)}
+    embeds = model.model.embed_tokens(batch["input_ids"])
+    return embeds, layer_kwargs(model, embeds, cache, batch["attention_mask"])
 
 
-def _run_layers(model, hidden, ctx, start: int, stop: int):
+def run_layers(model, hidden, ctx, start: int, stop: int):
+    """Decoder layers start..stop-1 on `hidden` (under whatever skip plan is set)."""
     for layer in decoder_layers(model)[start:stop]:
         hidden = layer(hidden, **ctx)
     return hidden
@@ -109,7 +115,7 @@ class RoutedDecoder:
     def prefix(self, batch: dict, cache=None):
         """Run layers below the pivot once: (hidden at pivot, per-layer context, routes)."""
         embeds, ctx = _context(self.model, batch, cache)
-        hidden = _run_layers(self.model, embeds, ctx, 0, self.pivot)
+        hidden = run_layers(self.model, embeds, ctx, 0, self.pivot)
         pooled = pool(hidden, batch["attention_mask"], self.pooling).float().cpu().numpy()
         return hidden, ctx, self.route_embeddings(pooled)
 
@@ -121,7 +127,7 @@ class RoutedDecoder:
         n_layers = len(decoder_layers(self.model))
         for plan, rows in _group_by_plan(routes).items():
             with skipping(self.model, plan):
-                sub = _run_layers(self.model, hidden[rows], _rows(ctx, rows), self.pivot, n_layers)
+                sub = run_layers(self.model, hidden[rows], _rows(ctx, rows), self.pivot, n_layers)
             logits[rows] = _head(self.model, sub)
         return logits, routes
 
@@ -142,7 +148,7 @@ class RoutedDecoder:
                 sub_cache.batch_select_indices(torch.tensor(rows, device=hidden.device))
             sub_ctx = {**_rows(ctx, rows), "past_key_values": sub_cache}
             with skipping(self.model, plan):
-                first = _head(self.model, _run_layers(self.model, hidden[rows], sub_ctx, self.pivot, n_layers)).argmax(-1)
+                first = _head(self.model, run_layers(self.model, hidden[rows], sub_ctx, self.pivot, n_layers)).argmax(-1)
                 out[rows] = greedy_continue(self.model, first, batch["attention_mask"][rows], sub_cache,
                                             max_new_tokens, eos_token_id)
         return out, routes

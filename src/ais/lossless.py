@@ -11,7 +11,9 @@ from ais.benchmark import synchronize
 from ais.decode import chat_text, context_length
 from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
 
-DRAFTERS = ("none", "routed_skip", "prompt_lookup")
+DRAFTERS = ("none", "routed_skip", "prompt_lookup")  # a category chooses among these
+# routed_skip without one of its two refinements, measured to show what each buys
+ABLATIONS = ("routed_skip_fixed_threshold", "routed_skip_no_shared_prefix")
 
 
 def prompt_ids(tokenizer, prompt: str, limit: int) -> list[int]:
@@ -20,13 +22,18 @@ def prompt_ids(tokenizer, prompt: str, limit: int) -> list[int]:
 
 
 def make_drafter(name: str, plan, confidence: float, ngram: int):
+    """A fresh drafter (the routed ones adapt their threshold within one generation)."""
     if name == "none":
         return NoDraft()
     if name == "routed_skip":
         return RoutedDraft(plan, confidence)
+    if name == "routed_skip_fixed_threshold":
+        return RoutedDraft(plan, confidence, adaptive=False)
+    if name == "routed_skip_no_shared_prefix":
+        return RoutedDraft(plan, confidence, share_prefix=False)
     if name == "prompt_lookup":
         return PromptLookup(ngram)
-    raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS)}")
+    raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS + ABLATIONS)}")
 
 
 def timed(model, *args, **kwargs):
@@ -37,53 +44,65 @@ def timed(model, *args, **kwargs):
     return tokens, stats, time.perf_counter() - start
 
 
+def _summary(t: dict, base_rate: float) -> dict:
+    rate = t["tokens"] / t["seconds"]
+    return {"tok_per_s": round(rate, 2), "speedup": round(rate / base_rate, 4),
+            "acceptance_rate": round(t["accepted"] / t["drafted"], 4) if t["drafted"] else 0.0,
+            "mean_accepted": round(t["accepted"] / t["steps"], 4) if t["steps"] else 0.0,
+            "exact_match": round(float(np.mean(t["exact"])), 4),
+            **({"final_threshold_range": [round(min(t["thresholds"]), 4), round(max(t["thresholds"]), 4)]}
+               if t["thresholds"] else {})}
+
+
 def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma: int, confidence: float,
             max_new_tokens: int, ngram: int, draft_fraction: float, min_speedup: float = 1.0, progress: bool = True):
-    """(per-category results with the chosen drafter, overall metrics, one example generation)."""
+    """(per-category results with the chosen drafter, overall metrics, one example generation).
+    Every drafter (and ablation) runs on every prompt, interleaved with plain greedy decoding."""
     model = decoder.model
     eos = tokenizer.eos_token_id
+    names = DRAFTERS + ABLATIONS
     limit = context_length(model) - max_new_tokens - gamma - 1
     warm = prompt_ids(tokenizer, "Hello", limit)
-    for name in DRAFTERS:  # warm-up of every code path
+    for name in names:  # warm-up of every code path
         speculative_generate(model, warm, 4, make_drafter(name, decoder.plan_for(decoder.topo.categories[0], mode="hard"),
                                                           confidence, ngram), gamma)
-    per_category, exact, example = {}, [], None
+    empty = lambda: {"tokens": 0, "seconds": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "exact": [], "thresholds": []}  # noqa: E731
+    overall_totals = {n: empty() for n in names}
+    per_category, example = {}, None
     for category in tqdm(sorted(prompts_by_category), desc="lossless", unit="category", disable=not progress):
-        totals = {n: {"tokens": 0, "seconds": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "exact": []} for n in DRAFTERS}
+        totals = {n: empty() for n in names}
         routes = decoder.route_prompts(tokenizer, prompts_by_category[category])
         for prompt, route in zip(prompts_by_category[category], routes):
             plan = decoder.plan_for(route.category, draft_fraction, mode="hard")
             ids = prompt_ids(tokenizer, prompt, limit)
             reference = None
-            for name in DRAFTERS:
-                tokens, stats, seconds = timed(model, ids, max_new_tokens, make_drafter(name, plan, confidence, ngram),
-                                               gamma, eos_token_id=eos)
+            for name in names:
+                drafter = make_drafter(name, plan, confidence, ngram)
+                tokens, stats, seconds = timed(model, ids, max_new_tokens, drafter, gamma, eos_token_id=eos)
                 if name == "none":
                     reference = tokens
                     if example is None:
                         example = {"category": category, "prompt": prompt, "reply": tokenizer.decode(tokens, skip_special_tokens=True)}
-                t = totals[name]
-                t["tokens"] += len(tokens)
-                t["seconds"] += seconds
-                t["steps"] += stats.steps
-                t["drafted"] += stats.drafted
-                t["accepted"] += stats.accepted
-                t["exact"].append(tokens == reference)
-        row = {}
+                for t in (totals[name], overall_totals[name]):
+                    t["tokens"] += len(tokens)
+                    t["seconds"] += seconds
+                    t["steps"] += stats.steps
+                    t["drafted"] += stats.drafted
+                    t["accepted"] += stats.accepted
+                    t["exact"].append(tokens == reference)
+                    if hasattr(drafter, "threshold"):
+                        t["thresholds"].append(drafter.threshold)
         base = totals["none"]["tokens"] / totals["none"]["seconds"]
-        for name, t in totals.items():
-            exact += t["exact"]
-            row[name] = {"tok_per_s": round(t["tokens"] / t["seconds"], 2),
-                         "speedup": round(t["tokens"] / t["seconds"] / base, 4),
-                         "acceptance_rate": round(t["accepted"] / t["drafted"], 4) if t["drafted"] else 0.0,
-                         "mean_accepted": round(t["accepted"] / t["steps"], 4) if t["steps"] else 0.0,
-                         "exact_match": round(float(np.mean(t["exact"])), 4)}
+        row = {name: _summary(t, base) for name, t in totals.items()}
         best = max(("routed_skip", "prompt_lookup"), key=lambda n: row[n]["speedup"])
         chosen = best if row[best]["speedup"] > min_speedup else "none"
         per_category[category] = {"drafter": chosen, "speedup": row[chosen]["speedup"],
                                   "exact_match": row[chosen]["exact_match"], "mean_accepted": row[chosen]["mean_accepted"],
                                   "n_prompts": len(prompts_by_category[category]), "drafters": row}
+    base = overall_totals["none"]["tokens"] / overall_totals["none"]["seconds"]
+    exact = [e for t in overall_totals.values() for e in t["exact"]]
     overall = {"exact_match_all_drafters": round(float(np.mean(exact)), 4), "n_generations": len(exact),
+               "drafters": {name: _summary(t, base) for name, t in overall_totals.items()},
                "max_new_tokens": max_new_tokens, "gamma": gamma, "confidence": confidence, "ngram": ngram,
                "draft_fraction": draft_fraction}
     return per_category, overall, example

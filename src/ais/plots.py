@@ -88,3 +88,21 @@ def plot_frontier(rows: list[dict], path: Path | str, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_lossless(per_category: dict, drafters: list[str], path: Path | str, title: str) -> None:
+    """Speculative-decoding speedup against plain greedy, per category (rows) and drafter (bars)."""
+    categories = sorted(per_category)
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.55 * len(categories) * max(1, len(drafters)) / 2))
+    height = 0.8 / len(drafters)
+    for i, name in enumerate(drafters):
+        y = np.arange(len(categories)) + (i - (len(drafters) - 1) / 2) * height
+        ax.barh(y, [per_category[c]["drafters"][name]["speedup"] for c in categories], height, label=name)
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_yticks(range(len(categories)), categories, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("tokens/s against plain greedy decoding in the same run (x); output identical")
+    ax.set_title(title, fontsize=10, pad=38)
+    ax.legend(frameon=False, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    ax.grid(alpha=0.3, axis="x")
+    save_figure(fig, path)

@@ -75,6 +75,12 @@ def build_report(reports: Path, params: dict) -> str:
                          v["drafters"]["routed_skip"]["speedup"], v["drafters"]["routed_skip"]["mean_accepted"],
                          v["drafters"]["prompt_lookup"]["speedup"], v["drafters"]["prompt_lookup"]["mean_accepted"]]
                         for c, v in lossless["per_category"].items()]), ""]
+        if lossless.get("drafters"):
+            out += ["All categories pooled, every drafter (the two `routed_skip_*` rows are `routed_skip` without its "
+                    "adaptive threshold, or without reusing the layers below the lowest skipped one in the verify):", "",
+                    _table(["drafter", "speedup", "acceptance rate", "accepted/step", "exact match"],
+                           [[d, v["speedup"], v["acceptance_rate"], v["mean_accepted"], v["exact_match"]]
+                            for d, v in lossless["drafters"].items()]), "", "![lossless](lossless.png)", ""]
         if lossless.get("example"):
             ex = lossless["example"]
             out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]

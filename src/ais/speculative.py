@@ -4,13 +4,17 @@ own argmax is kept plus the full model's next token, and the KV cache of rejecte
 rolled back. The output is the full model's greedy decoding, token for token.
 
 Drafters:
-  RoutedDraft  — the same model with the prompt's routed hard-skip plan (self-speculation);
-                 stops drafting when its top-1 probability falls below `confidence`.
+  RoutedDraft  — the same model with the prompt's routed hard-skip plan (self-speculation, as in
+                 Draft&Verify): drafting stops at the first token whose top-1 probability is below
+                 a confidence threshold, which Draft&Verify's rule adapts to the acceptance seen so
+                 far. Layers below the lowest skipped layer compute the same values in draft and
+                 verify, so the verify starts from the draft's hidden states there (shared prefix).
   PromptLookup — copies the tokens that followed the last n-gram's earlier occurrence.
-  None         — plain greedy decoding with the same loop.
+  NoDraft      — plain greedy decoding with the same loop.
 
 transformers' assisted generation takes a separate assistant model (or its own prompt-lookup);
-it cannot draft with the same weights under a per-prompt skip plan, hence this short loop.
+it cannot draft with the same weights under a per-prompt skip plan, nor start the verify from the
+draft's hidden states, hence this short loop.
 """
 from __future__ import annotations
 
@@ -20,7 +24,19 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ais.skip import SkipPlan, skipping
+from ais.decoder import layer_kwargs, run_layers
+from ais.skip import SkipPlan, decoder_layers, skipping
+
+
+@dataclass
+class Draft:
+    """Drafted tokens. When `hidden` is set, it holds the input of layer `shared` (1 x n x d) for
+    the first n = len(tokens) verify positions ([last] + tokens[:-1]), computed by the drafter
+    with the full model's own layers 0..shared-1, whose cache already holds those positions."""
+
+    tokens: list[int] = field(default_factory=list)
+    shared: int = 0
+    hidden: torch.Tensor | None = None
 
 
 @dataclass
@@ -42,14 +58,10 @@ class SpecStats:
         return self.accepted / self.steps if self.steps else 0.0
 
 
-def cache_length(cache) -> int:
-    return cache.get_seq_length()
-
-
-def truncate_cache(cache, length: int) -> None:
-    """Keep the first `length` positions in every layer that holds more (layers a draft skipped
-    hold fewer and are left alone; DynamicCache.crop would cut them too)."""
-    for layer in cache.layers:
+def truncate_cache(cache, length: int, from_layer: int = 0) -> None:
+    """Keep the first `length` positions in every layer from `from_layer` on that holds more
+    (layers a draft skipped hold fewer and are left alone; DynamicCache.crop would cut them too)."""
+    for layer in cache.layers[from_layer:]:
         keys = getattr(layer, "keys", None)
         if keys is not None and keys.shape[-2] > length:
             layer.keys = layer.keys[..., :length, :]
@@ -62,14 +74,44 @@ def _forward(model, ids: list[int], cache, device) -> torch.Tensor:
     return out.logits[0]
 
 
-class NoDraft:
+def _logits(model, hidden) -> torch.Tensor:
+    """Logits for every position of `hidden` (1 x n x d -> n x vocab), as LlamaForCausalLM computes them."""
+    return model.lm_head(model.model.norm(hidden))[0]
+
+
+def _verify(model, context: list[int], draft: Draft, cache) -> torch.Tensor:
+    """Full-model logits for [last context token] + draft tokens. With a shared prefix, layers
+    below `draft.shared` run only for the last drafted token (the draft never fed it back)."""
+    ids = [context[-1]] + draft.tokens
+    if draft.hidden is None:
+        return _forward(model, ids, cache, model.device)
+    x = model.model.embed_tokens(torch.tensor([ids[-1:]], device=model.device))
+    tail = run_layers(model, x, layer_kwargs(model, x, cache, layer=0), 0, draft.shared)
+    hidden = torch.cat([draft.hidden, tail], 1)
+    ctx = layer_kwargs(model, hidden, cache, layer=draft.shared)  # sized by a layer the draft did not extend
+    return _logits(model, run_layers(model, hidden, ctx, draft.shared, len(decoder_layers(model))))
+
+
+class Drafter:
+    """Proposes tokens; told after each verify step how many were accepted."""
+
+    name = "drafter"
+
+    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
+        raise NotImplementedError
+
+    def observe(self, drafted: int, accepted: int, gamma: int) -> None:
+        """Called after each verify step (drafters that adapt override this)."""
+
+
+class NoDraft(Drafter):
     name = "none"
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> list[int]:
-        return []
+    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
+        return Draft()
 
 
-class PromptLookup:
+class PromptLookup(Drafter):
     """Draft by n-gram match: find the last `ngram` tokens earlier in the context and propose
     what followed them (longest n-gram first, down to 1)."""
 
@@ -78,41 +120,68 @@ class PromptLookup:
     def __init__(self, ngram: int = 3):
         self.ngram = ngram
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> list[int]:
+    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
         for n in range(min(self.ngram, len(context) - 1), 0, -1):
             tail = context[-n:]
             for start in range(len(context) - n - 1, -1, -1):
                 if context[start:start + n] == tail:
                     follow = context[start + n:start + n + gamma]
                     if follow:
-                        return follow
-        return []
+                        return Draft(follow)
+        return Draft()
 
 
-class RoutedDraft:
-    """Draft with the model itself under a hard-skip plan, on the shared cache; the drafted
-    positions are rolled back before the full model verifies them."""
+# Draft&Verify's adaptive draft-exiting (Zhang et al. 2023, their defaults): a smoothed acceptance
+# rate below TARGET raises the threshold by STEP (stop earlier); above it, lowers it unless the
+# draft already ran to gamma. The threshold moves by a momentum average.
+ACCEPTANCE_SMOOTHING, TARGET_ACCEPTANCE, STEP, THRESHOLD_MOMENTUM = 0.5, 0.9, 0.01, 0.9
+
+
+class RoutedDraft(Drafter):
+    """Draft with the model itself under a hard-skip plan, on the shared cache. The drafted
+    positions are rolled back in the layers above the lowest skipped one and kept below it,
+    where the verify reuses them (`share_prefix`)."""
 
     name = "routed_skip"
 
-    def __init__(self, plan: SkipPlan, confidence: float = 0.8):
-        self.plan, self.confidence = plan, confidence
+    def __init__(self, plan: SkipPlan, confidence: float = 0.8, adaptive: bool = True, share_prefix: bool = True):
+        self.plan, self.threshold, self.adaptive = plan, confidence, adaptive
+        self.shared = min(plan.layers) if share_prefix and plan.layers else 0
+        self.acceptance = 0.0
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> list[int]:
-        start = cache_length(cache)
-        draft, last = [], context[-1]
+    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
+        start = cache.get_seq_length()
+        n_layers = len(decoder_layers(model))
+        tokens, hidden, last = [], [], context[-1]
         with skipping(model, self.plan):
             for _ in range(gamma):
-                probs = torch.softmax(_forward(model, [last], cache, model.device)[-1].float(), -1)
+                x = model.model.embed_tokens(torch.tensor([[last]], device=model.device))
+                ctx = layer_kwargs(model, x, cache)
+                h = run_layers(model, x, ctx, 0, self.shared)
+                hidden.append(h)
+                probs = torch.softmax(_logits(model, run_layers(model, h, ctx, self.shared, n_layers))[-1].float(), -1)
                 p, token = probs.max(-1)
-                if p.item() < self.confidence and draft:
-                    break
-                draft.append(int(token))
+                tokens.append(int(token))
                 last = int(token)
-                if p.item() < self.confidence:
+                if p.item() < self.threshold:  # the unsure token is still proposed: verifying it is nearly free
                     break
-        truncate_cache(cache, start)
-        return draft
+        truncate_cache(cache, start, from_layer=self.shared)
+        if not self.shared:
+            return Draft(tokens)
+        return Draft(tokens, self.shared, torch.cat(hidden, 1))
+
+    def observe(self, drafted: int, accepted: int, gamma: int) -> None:
+        """Draft&Verify's update of the confidence threshold after one verify step."""
+        if not self.adaptive or not drafted:
+            return
+        self.acceptance = ACCEPTANCE_SMOOTHING * self.acceptance + (1 - ACCEPTANCE_SMOOTHING) * accepted / drafted
+        if self.acceptance < TARGET_ACCEPTANCE:
+            target = self.threshold + STEP
+        elif drafted == gamma:
+            target = self.threshold
+        else:
+            target = self.threshold - STEP
+        self.threshold = min(1.0, max(0.0, THRESHOLD_MOMENTUM * self.threshold + (1 - THRESHOLD_MOMENTUM) * target))
 
 
 @torch.inference_mode()
@@ -132,17 +201,18 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
     new: list[int] = []
     while len(new) < max_new_tokens:
         room = max_new_tokens - len(new) - 1
-        draft = drafter.propose(model, context, cache, min(gamma, room)) if room > 0 else []
-        logits = _forward(model, [context[-1]] + draft, cache, device)
-        predicted = logits.argmax(-1).tolist()
+        budget = min(gamma, room)
+        draft = drafter.propose(model, context, cache, budget) if room > 0 else Draft()
+        predicted = _verify(model, context, draft, cache).argmax(-1).tolist()
         accepted = 0
-        while accepted < len(draft) and draft[accepted] == predicted[accepted]:
+        while accepted < len(draft.tokens) and draft.tokens[accepted] == predicted[accepted]:
             accepted += 1
+        drafter.observe(len(draft.tokens), accepted, budget)
         # keep the cache of the last context token and the accepted drafts only
         truncate_cache(cache, len(context) + accepted)
-        step = draft[:accepted] + [predicted[accepted]]
+        step = draft.tokens[:accepted] + [predicted[accepted]]
         stats.steps += 1
-        stats.drafted += len(draft)
+        stats.drafted += len(draft.tokens)
         stats.accepted += accepted
         stats.accepted_per_step.append(accepted)
         for token in step:
