@@ -59,3 +59,38 @@ def test_model_source_that_does_not_exist(tmp_path):
     with pytest.raises(ModelError, match="model.source='/no/such/checkpoint' does not exist"):
         materialise("/no/such/checkpoint", tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+LOSSLESS_PROMPTS = ["Repeat this sentence exactly: the quick brown fox jumps over the lazy dog near the river bank.",
+                    "What is the capital of France? Answer in one word.",
+                    "Write a short story about a lighthouse keeper."]
+
+
+def test_speculative_decoding_gives_the_greedy_tokens_of_the_embedded_model(embedded):
+    """Every drafter, float32: the tokens transformers' greedy `generate` gives, up to and including
+    the end-of-sequence token or max_new_tokens; drafts are both accepted and rejected."""
+    from ais.decode import chat_text, generate_ids
+    from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
+
+    model, tokenizer = embedded
+    plan = SkipPlan.make(hard=[12, 16, 19, 22, 25, 27])
+    drafters = {"none": NoDraft, "lookup": lambda: PromptLookup(3), "routed": lambda: RoutedDraft(plan, 0.8),
+                "routed_fixed_no_prefix": lambda: RoutedDraft(plan, 0.8, adaptive=False, share_prefix=False)}
+    totals = {name: [0, 0] for name in drafters}
+    ended = 0
+    for prompt in LOSSLESS_PROMPTS:
+        ids = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        expected = generate_ids(model, batch, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)[0].tolist()
+        if tokenizer.eos_token_id in expected:
+            expected = expected[:expected.index(tokenizer.eos_token_id) + 1]
+            ended += 1
+        for name, make in drafters.items():
+            tokens, stats = speculative_generate(model, ids, 24, make(), gamma=4, eos_token_id=tokenizer.eos_token_id)
+            assert tokens == expected, (name, prompt)
+            totals[name][0] += stats.drafted
+            totals[name][1] += stats.accepted
+    assert ended >= 1  # the end-of-sequence boundary was crossed at least once
+    for name in ("lookup", "routed"):
+        drafted, accepted = totals[name]
+        assert 0 < accepted < drafted, (name, totals[name])  # some drafts accepted, some rejected
