@@ -51,6 +51,7 @@ def test_identical_to_greedy_for_every_drafter(model, prompt, drafter, gamma):
     tokens, stats = speculative_generate(model, prompt, 20, DRAFTERS[drafter](), gamma)
     assert tokens == expected
     assert stats.accepted <= stats.drafted and stats.steps + stats.accepted == 20
+    assert 0 < stats.draft_seconds + stats.verify_seconds <= stats.seconds  # the phases are parts of the whole
 
 
 @pytest.mark.parametrize("wrong_at", [None, 0, 1, 2])

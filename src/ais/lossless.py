@@ -44,12 +44,20 @@ def timed(model, *args, **kwargs):
     return tokens, stats, time.perf_counter() - start
 
 
+def _totals() -> dict:
+    """Running sums of one drafter's generations."""
+    return {"tokens": 0, "seconds": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "exact": [], "thresholds": [],
+            "draft_seconds": 0.0, "verify_seconds": 0.0}
+
+
 def _summary(t: dict, base_rate: float) -> dict:
     rate = t["tokens"] / t["seconds"]
     return {"tok_per_s": round(rate, 2), "speedup": round(rate / base_rate, 4),
             "acceptance_rate": round(t["accepted"] / t["drafted"], 4) if t["drafted"] else 0.0,
             "mean_accepted": round(t["accepted"] / t["steps"], 4) if t["steps"] else 0.0,
             "exact_match": round(float(np.mean(t["exact"])), 4),
+            "draft_ms_per_token": round(1000 * t["draft_seconds"] / t["drafted"], 3) if t["drafted"] else 0.0,
+            "verify_ms_per_step": round(1000 * t["verify_seconds"] / t["steps"], 3) if t["steps"] else 0.0,
             **({"final_threshold_range": [round(min(t["thresholds"]), 4), round(max(t["thresholds"]), 4)]}
                if t["thresholds"] else {})}
 
@@ -66,11 +74,10 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
     for name in names:  # warm-up of every code path
         speculative_generate(model, warm, 4, make_drafter(name, decoder.plan_for(decoder.topo.categories[0], mode="hard"),
                                                           confidence, ngram), gamma)
-    empty = lambda: {"tokens": 0, "seconds": 0.0, "steps": 0, "drafted": 0, "accepted": 0, "exact": [], "thresholds": []}  # noqa: E731
-    overall_totals = {n: empty() for n in names}
+    overall_totals = {n: _totals() for n in names}
     per_category, example = {}, None
     for category in tqdm(sorted(prompts_by_category), desc="lossless", unit="category", disable=not progress):
-        totals = {n: empty() for n in names}
+        totals = {n: _totals() for n in names}
         routes = decoder.route_prompts(tokenizer, prompts_by_category[category])
         for prompt, route in zip(prompts_by_category[category], routes):
             plan = decoder.plan_for(route.category, draft_fraction, mode="hard")
@@ -89,6 +96,8 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
                     t["steps"] += stats.steps
                     t["drafted"] += stats.drafted
                     t["accepted"] += stats.accepted
+                    t["draft_seconds"] += stats.draft_seconds
+                    t["verify_seconds"] += stats.verify_seconds
                     t["exact"].append(tokens == reference)
                     if hasattr(drafter, "threshold"):
                         t["thresholds"].append(drafter.threshold)

@@ -78,9 +78,15 @@ def build_report(reports: Path, params: dict) -> str:
         if lossless.get("drafters"):
             out += ["All categories pooled, every drafter (the two `routed_skip_*` rows are `routed_skip` without its "
                     "adaptive threshold, or without reusing the layers below the lowest skipped one in the verify):", "",
-                    _table(["drafter", "speedup", "acceptance rate", "accepted/step", "exact match"],
-                           [[d, v["speedup"], v["acceptance_rate"], v["mean_accepted"], v["exact_match"]]
-                            for d, v in lossless["drafters"].items()]), "", "![lossless](lossless.png)", ""]
+                    _table(["drafter", "speedup", "acceptance rate", "accepted/step", "exact match",
+                            "draft ms/token", "verify ms/step"],
+                           [[d, v["speedup"], v["acceptance_rate"], v["mean_accepted"], v["exact_match"],
+                             v.get("draft_ms_per_token"), v.get("verify_ms_per_step")]
+                            for d, v in lossless["drafters"].items()]), "",
+                    "A verify step of `none` is one plain decoding step. A step yields accepted/step + 1 tokens "
+                    "and costs its drafted tokens times the draft cost plus one verify, so a drafter pays only "
+                    "where that sum stays below (accepted/step + 1) plain steps.", "",
+                    "![lossless](lossless.png)", ""]
         if lossless.get("example"):
             ex = lossless["example"]
             out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]

@@ -41,12 +41,15 @@ class Draft:
 
 @dataclass
 class SpecStats:
-    """What one generation did: verify steps, drafted and accepted tokens, seconds."""
+    """What one generation did: verify steps, drafted and accepted tokens, seconds (in all, and
+    spent drafting and verifying: each phase ends by reading its result on the host)."""
 
     steps: int = 0
     drafted: int = 0
     accepted: int = 0
     seconds: float = 0.0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
     accepted_per_step: list[int] = field(default_factory=list)
 
     @property
@@ -202,8 +205,12 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
     while len(new) < max_new_tokens:
         room = max_new_tokens - len(new) - 1
         budget = min(gamma, room)
+        t0 = time.perf_counter()
         draft = drafter.propose(model, context, cache, budget) if room > 0 else Draft()
+        t1 = time.perf_counter()
         predicted = _verify(model, context, draft, cache).argmax(-1).tolist()
+        stats.draft_seconds += t1 - t0
+        stats.verify_seconds += time.perf_counter() - t1
         accepted = 0
         while accepted < len(draft.tokens) and draft.tokens[accepted] == predicted[accepted]:
             accepted += 1
