@@ -99,6 +99,7 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
                                          "routed_skip_no_shared_prefix"}
     assert set(json.loads((root / "data/drafters.json").read_text())) == set(CATEGORIES)
     assert (root / "reports/lossless.png").is_file()
+    assert list(lossless["verify_ms_by_tokens"]) == [str(n) for n in range(1, lossless["gamma"] + 2)]
     # everything ran and was recorded: nothing is left to run
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root, env)
     run(git + ["add", "-A"], root, env)

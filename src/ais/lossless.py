@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
+from transformers import DynamicCache
 from tqdm import tqdm
 
-from ais.benchmark import synchronize
+from ais.benchmark import synchronize, time_interleaved
 from ais.decode import chat_text, context_length
-from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
+from ais.speculative import NoDraft, PromptLookup, RoutedDraft, forward_tokens, speculative_generate, truncate_cache
 
 DRAFTERS = ("none", "routed_skip", "prompt_lookup")  # a category chooses among these
 # routed_skip without one of its two refinements, measured to show what each buys
@@ -42,6 +44,24 @@ def timed(model, *args, **kwargs):
     tokens, stats = speculative_generate(model, *args, **kwargs)
     synchronize(model.device)
     return tokens, stats, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def verify_cost(model, ids: list[int], max_tokens: int, warmup: int = 2, repeats: int = 10) -> dict[int, float]:
+    """Median milliseconds of one cached full-model forward over n = 1..max_tokens new tokens after
+    `ids`: what a verify step of n tokens costs (n = 1 is a plain decoding step)."""
+    cache = DynamicCache(config=model.config)
+    forward_tokens(model, ids, cache)
+    filled = cache.get_seq_length()
+
+    def step(n: int):
+        def call():
+            forward_tokens(model, ids[-n:], cache)
+            truncate_cache(cache, filled)
+        return call
+
+    times = time_interleaved({n: step(n) for n in range(1, max_tokens + 1)}, model.device, warmup, repeats)
+    return {n: round(1000 * float(np.median(t)), 2) for n, t in times.items()}
 
 
 def _totals() -> dict:
@@ -110,8 +130,10 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
                                   "n_prompts": len(prompts_by_category[category]), "drafters": row}
     base = overall_totals["none"]["tokens"] / overall_totals["none"]["seconds"]
     exact = [e for t in overall_totals.values() for e in t["exact"]]
+    cost = verify_cost(model, prompt_ids(tokenizer, prompts_by_category[sorted(prompts_by_category)[0]][0], limit), gamma + 1)
     overall = {"exact_match_all_drafters": round(float(np.mean(exact)), 4), "n_generations": len(exact),
                "drafters": {name: _summary(t, base) for name, t in overall_totals.items()},
+               "verify_ms_by_tokens": cost,
                "max_new_tokens": max_new_tokens, "gamma": gamma, "confidence": confidence, "ngram": ngram,
                "draft_fraction": draft_fraction}
     return per_category, overall, example

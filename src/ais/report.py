@@ -85,8 +85,13 @@ def build_report(reports: Path, params: dict) -> str:
                             for d, v in lossless["drafters"].items()]), "",
                     "A verify step of `none` is one plain decoding step. A step yields accepted/step + 1 tokens "
                     "and costs its drafted tokens times the draft cost plus one verify, so a drafter pays only "
-                    "where that sum stays below (accepted/step + 1) plain steps.", "",
-                    "![lossless](lossless.png)", ""]
+                    "where that sum stays below (accepted/step + 1) plain steps.", ""]
+            if lossless.get("verify_ms_by_tokens"):
+                out += ["What one cached full-model forward costs against the number of tokens it scores "
+                        f"({dtype}, median ms):", "",
+                        _table(["tokens"] + list(lossless["verify_ms_by_tokens"]),
+                               [["ms"] + list(lossless["verify_ms_by_tokens"].values())]), ""]
+            out += ["![lossless](lossless.png)", ""]
         if lossless.get("example"):
             ex = lossless["example"]
             out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]

@@ -71,9 +71,9 @@ def truncate_cache(cache, length: int, from_layer: int = 0) -> None:
             layer.values = layer.values[..., :length, :]
 
 
-def _forward(model, ids: list[int], cache, device) -> torch.Tensor:
+def forward_tokens(model, ids: list[int], cache) -> torch.Tensor:
     """Logits (len(ids) x vocab) for new tokens appended to the cache (batch of one, no padding)."""
-    out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+    out = model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True)
     return out.logits[0]
 
 
@@ -87,7 +87,7 @@ def _verify(model, context: list[int], draft: Draft, cache) -> torch.Tensor:
     below `draft.shared` run only for the last drafted token (the draft never fed it back)."""
     ids = [context[-1]] + draft.tokens
     if draft.hidden is None:
-        return _forward(model, ids, cache, model.device)
+        return forward_tokens(model, ids, cache)
     x = model.model.embed_tokens(torch.tensor([ids[-1:]], device=model.device))
     tail = run_layers(model, x, layer_kwargs(model, x, cache, layer=0), 0, draft.shared)
     hidden = torch.cat([draft.hidden, tail], 1)
@@ -195,11 +195,10 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
     drafter = drafter or NoDraft()
     stats = SpecStats()
     started = time.perf_counter()
-    device = model.device
     cache = DynamicCache(config=model.config)
     # prefill all but the last prompt token; the loop feeds the last one with the first draft
     if len(prompt_ids) > 1:
-        _forward(model, prompt_ids[:-1], cache, device)
+        forward_tokens(model, prompt_ids[:-1], cache)
     context = list(prompt_ids)
     new: list[int] = []
     while len(new) < max_new_tokens:
