@@ -166,7 +166,7 @@ class RoutedDraft(Drafter):
                 p, token = probs.max(-1)
                 tokens.append(int(token))
                 last = int(token)
-                if p.item() < self.threshold:  # the unsure token is still proposed: verifying it is nearly free
+                if p.item() < self.threshold:  # the unsure token is still proposed (Draft&Verify): it is computed already
                     break
         truncate_cache(cache, start, from_layer=self.shared)
         if not self.shared:
