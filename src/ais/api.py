@@ -113,19 +113,18 @@ def generate(system: System, prompt: str, mode: str = "hard", max_new_tokens: in
     synchronize(model.device)
     start = time.perf_counter()
     r = _route(system, prompt)
-    layers = system.decoder.plan_for(r.category).layers
     drafter_name, mean_accepted = None, None
     if mode == "lossless":
         drafter_name = _drafters(system).get(r.category, "none")
-        draft_layers = system.decoder.plan_for(r.category, float(system.params["lossless"]["draft_fraction"])).layers
-        drafter = make_drafter(drafter_name, make_plan(draft_layers, "hard", 1), float(system.params["lossless"]["confidence"]),
+        draft_plan = system.decoder.plan_for(r.category, float(system.params["lossless"]["draft_fraction"]), mode="hard")
+        drafter = make_drafter(drafter_name, draft_plan, float(system.params["lossless"]["confidence"]),
                                int(system.params["lossless"]["ngram"]))
         ids = prompt_ids(tok, prompt, context_length(model) - max_new_tokens - 8)
         new, stats = speculative_generate(system.lossless_model(), ids, max_new_tokens, drafter, int(system.params["lossless"]["gamma"]),
                                           eos_token_id=tok.eos_token_id)
         mean_accepted, plan = stats.mean_accepted, NO_SKIP
     else:
-        plan = NO_SKIP if mode == "full" else make_plan(layers, mode, system.decoder.settings.alpha)
+        plan = NO_SKIP if mode == "full" else make_plan(r.plan.layers, mode, system.decoder.settings.alpha)
         batch = encode_prompts(tok, [prompt], model.device, context_length(model) - max_new_tokens)
         new = generate_ids(model, batch, plan, max_new_tokens, eos_token_id=tok.eos_token_id)[0].tolist()
     synchronize(model.device)

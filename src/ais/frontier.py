@@ -57,7 +57,7 @@ def frontier(decoder, tokenizer, prompts_by_category: dict[str, list[str]], frac
         conditions = {}
         for n in counts:
             f = n / n_layers
-            conditions[("routed", n)] = [make_plan(decoder.plan_for(r.category, f, "hard").layers, "hard", 1) for r in routes]
+            conditions[("routed", n)] = [decoder.plan_for(r.category, f, "hard") for r in routes]
             conditions[("global", n)] = [make_plan(global_layers(decoder, n), "hard", 1)] * len(prompts)
             conditions[("random", n)] = [make_plan(random_layers(n_layers, decoder.pivot, n, rng), "hard", 1)
                                          for _ in prompts]

@@ -2,14 +2,12 @@
 same run, acceptance, mean accepted tokens per verify step, and exact match with plain greedy."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from transformers import DynamicCache
 from tqdm import tqdm
 
-from ais.benchmark import synchronize, time_interleaved
+from ais.benchmark import time_interleaved
 from ais.decode import chat_text, context_length
 from ais.speculative import NoDraft, PromptLookup, RoutedDraft, forward_tokens, speculative_generate, truncate_cache
 
@@ -36,14 +34,6 @@ def make_drafter(name: str, plan, confidence: float, ngram: int):
     if name == "prompt_lookup":
         return PromptLookup(ngram)
     raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS + ABLATIONS)}")
-
-
-def timed(model, *args, **kwargs):
-    synchronize(model.device)
-    start = time.perf_counter()
-    tokens, stats = speculative_generate(model, *args, **kwargs)
-    synchronize(model.device)
-    return tokens, stats, time.perf_counter() - start
 
 
 @torch.inference_mode()
@@ -105,14 +95,14 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
             reference = None
             for name in names:
                 drafter = make_drafter(name, plan, confidence, ngram)
-                tokens, stats, seconds = timed(model, ids, max_new_tokens, drafter, gamma, eos_token_id=eos)
+                tokens, stats = speculative_generate(model, ids, max_new_tokens, drafter, gamma, eos_token_id=eos)
                 if name == "none":
                     reference = tokens
                     if example is None:
                         example = {"category": category, "prompt": prompt, "reply": tokenizer.decode(tokens, skip_special_tokens=True)}
                 for t in (totals[name], overall_totals[name]):
                     t["tokens"] += len(tokens)
-                    t["seconds"] += seconds
+                    t["seconds"] += stats.seconds
                     t["steps"] += stats.steps
                     t["drafted"] += stats.drafted
                     t["accepted"] += stats.accepted

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from ais.benchmark import synchronize
 from ais.decoder import layer_kwargs, run_layers
 from ais.skip import SkipPlan, decoder_layers, skipping
 
@@ -194,6 +195,7 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
     from `drafter` verified by the full model. Returns (new tokens, stats)."""
     drafter = drafter or NoDraft()
     stats = SpecStats()
+    synchronize(model.device)  # the clock starts with the device idle; each step ends reading tokens on the host
     started = time.perf_counter()
     cache = DynamicCache(config=model.config)
     # prefill all but the last prompt token; the loop feeds the last one with the first draft
