@@ -1,21 +1,21 @@
 """Stage `corpus`: the labelled prompt corpus with its disjoint splits -> data/corpus.jsonl."""
 from pathlib import Path
 
-from ais.atomic import write_json
-from ais.corpus import (build_corpus, corpus_summary, dolly_examples, fetch_bigbench, load_categories,
-                        read_tasks, write_jsonl)
+from ais.files import write_json
+from ais.routing.corpus import (build_corpus, corpus_summary, dolly_examples, fetch_bigbench, load_categories,
+                                read_tasks, write_jsonl)
 from ais.params import get, load_params
 
 if __name__ == "__main__":
     params = load_params()
-    source = get(params, "corpus.source", str, choices=("bigbench", "dolly"))
-    sizes = {key: get(params, f"corpus.{key}", int, lo=0) for key in ("n_importance", "n_heldout", "n_heldout_task")}
-    n = get(params, "corpus.n", int, lo=1)
-    max_chars = get(params, "corpus.max_chars", int, lo=20)
-    seed = get(params, "corpus.seed", int)
+    source = get(params, "corpus.source")
+    sizes = {key: get(params, f"corpus.{key}") for key in ("n_importance", "n_heldout", "n_heldout_task")}
+    n = get(params, "corpus.n")
+    max_chars = get(params, "corpus.max_chars")
+    seed = get(params, "corpus.seed")
     if source == "bigbench":
-        specs = load_categories(get(params, "corpus.categories", str))
-        archive = get(params, "corpus.archive", str)
+        specs = load_categories(get(params, "corpus.categories"))
+        archive = get(params, "corpus.archive")
         archive = fetch_bigbench() if archive == "auto" else Path(archive)
         examples = read_tasks(archive, {s.task for s in specs})
     else:

@@ -3,22 +3,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ais.atomic import save_npz, write_json
-from ais.corpus import prompts_by_category, read_corpus
-from ais.importance import METHODS, measure, normalise
-from ais.model import load_model
+from ais.files import save_npz, write_json
+from ais.routing.corpus import prompts_by_category, read_corpus
+from ais.evaluation.importance import METHODS, measure, minmax_per_category
+from ais.model.loading import load_model
 from ais.params import get, load_params
-from ais.plots import plot_importance
-from ais.report_io import write_csv
+from ais.report.plots import plot_importance
+from ais.files import write_csv
 
 if __name__ == "__main__":
     params = load_params()
-    method = get(params, "importance.method", str, choices=METHODS)
-    model, tokenizer = load_model("data/model", get(params, "model.dtype", str), get(params, "model.device", str))
+    method = get(params, "importance.method")
+    model, tokenizer = load_model("data/model", get(params, "model.dtype"), get(params, "model.device"))
     by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "importance")
-    raw = measure(model, tokenizer, by_category, get(params, "importance.n_continuation", int, lo=0),
-                  get(params, "importance.n_groups", int, lo=1))
-    normalised = {m: normalise(raw[m]) for m in METHODS}
+    raw = measure(model, tokenizer, by_category, get(params, "importance.n_continuation"),
+                  get(params, "importance.n_groups"))
+    normalised = {m: minmax_per_category(raw[m]) for m in METHODS}
     categories = [str(c) for c in raw["categories"]]
     save_npz("data/importance.npz", method=np.array(method), importance=normalised[method].astype(np.float32),
              **{f"raw_{m}": raw[m] for m in (*METHODS, "group_kl")}, **{f"norm_{m}": normalised[m] for m in METHODS},

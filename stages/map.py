@@ -3,11 +3,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ais.atomic import write_json
-from ais.corpus import read_corpus
+from ais.files import write_json
+from ais.routing.corpus import read_corpus
 from ais.params import get, load_params
-from ais.report_io import write_csv
-from ais.routing import build_map, load_embeddings, load_importance, router_cost, routing_metrics
+from ais.files import write_csv
+from ais.routing.accuracy import router_cost, routing_metrics
+from ais.routing.topomap import build_map, load_embeddings, load_importance
 
 CORPUS = Path("data/corpus.jsonl")
 
@@ -16,10 +17,9 @@ if __name__ == "__main__":
     rows = read_corpus(CORPUS)
     vectors, identity = load_embeddings("data/embeddings.npz", CORPUS)
     importance = load_importance("data/importance.npz", sorted({r["category"] for r in rows}), identity["n_layers"])
-    topo = build_map(rows, vectors, identity, seed=get(params, "map.seed", int),
-                     learned_c=get(params, "map.learned_c", float, lo=0, lo_open=True), importance=importance)
-    k = get(params, "router.k", int, lo=1, hi=len(topo))
-    metrics, per_category = routing_metrics(topo, rows, vectors, k, get(params, "map.homogeneity_k", int, lo=1))
+    topo = build_map(rows, vectors, identity, learned_c=get(params, "map.learned_c"), importance=importance)
+    k = get(params, "router.k", hi=len(topo))
+    metrics, per_category = routing_metrics(topo, rows, vectors, k, get(params, "map.homogeneity_k"))
     topo.save("data/map")
     write_json("reports/map.json", metrics)
     write_csv("reports/routing_per_category.csv", per_category)

@@ -2,15 +2,15 @@
 import time
 from pathlib import Path
 
-from ais.atomic import write_json
-from ais.model import load_model, materialise
+from ais.files import write_json
+from ais.model.loading import load_model, materialise
 from ais.params import get, load_params
 
 OUT = Path("data/model")
 
 if __name__ == "__main__":
     params = load_params()
-    card, source_s = materialise(get(params, "model.source", str), OUT)
+    card, source_s = materialise(get(params, "model.source"), OUT)
     started = time.perf_counter()
     load_model(OUT, dtype="float32", device="cpu")
     checkpoint_s = time.perf_counter() - started

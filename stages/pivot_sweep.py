@@ -1,23 +1,23 @@
 """Stage `pivot_sweep`: k-NN routing accuracy against the router's pivot layer, on a subsample."""
 from pathlib import Path
 
-from ais.atomic import write_json
-from ais.corpus import read_corpus
-from ais.model import load_model
+from ais.files import write_json
+from ais.routing.corpus import read_corpus
+from ais.model.loading import load_model
 from ais.params import get, load_params
-from ais.plots import plot_pivot_sweep
-from ais.report_io import write_csv
-from ais.router import embed_all_layers
-from ais.routing import pivot_sweep, sweep_sample
+from ais.report.plots import plot_pivot_sweep
+from ais.files import write_csv
+from ais.routing.embedding import embed_all_layers
+from ais.routing.accuracy import pivot_sweep, sweep_sample
 
 if __name__ == "__main__":
     params = load_params()
-    model, tokenizer = load_model("data/model", get(params, "model.dtype", str), get(params, "model.device", str))
-    k = get(params, "router.k", int, lo=1)
+    model, tokenizer = load_model("data/model", get(params, "model.dtype"), get(params, "model.device"))
+    k = get(params, "router.k")
     rows = read_corpus(Path("data/corpus.jsonl"))
-    sample, held = sweep_sample(rows, get(params, "router.sweep_per_category", int, lo=1), get(params, "corpus.seed", int))
+    sample, held = sweep_sample(rows, get(params, "router.sweep_per_category"), get(params, "corpus.seed"))
     layers = embed_all_layers(model, tokenizer, [r["prompt"] for r in sample + held],
-                              get(params, "router.pooling", str), get(params, "router.batch_size", int, lo=1))
+                              get(params, "router.pooling"), get(params, "router.batch_size"))
     table = pivot_sweep(layers, sample, held, k)
     n_categories = len({r["category"] for r in rows})
     write_csv("reports/pivot_sweep.csv", table)

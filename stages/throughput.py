@@ -1,32 +1,32 @@
-"""Stage `throughput`: requests/s (prefill) and tokens/s (greedy generation), full model vs
-routed hard skip in the same run, router cost included."""
+"""Stage `throughput`: requests/s (prefill) and tokens/s (greedy generation), full model vs the
+routed plan in `skip.mode` in the same run, router cost included."""
 from pathlib import Path
 
 import torch
 
 from ais.api import load
-from ais.atomic import write_json
-from ais.benchmark import generation_benchmark, prefill_benchmark
-from ais.corpus import read_corpus
+from ais.files import write_json
+from ais.evaluation.throughput import generation_benchmark, prefill_benchmark
+from ais.routing.corpus import read_corpus
 from ais.params import get
-from ais.report_io import write_csv
+from ais.files import write_csv
 
 if __name__ == "__main__":
-    system = load(mode="hard")
+    system = load()
     params = system.params
-    category = get(params, "throughput.category", str, choices=system.topo.categories)
+    category = get(params, "throughput.category", choices=system.topo.categories)
     prompts = [r["prompt"] for r in read_corpus(Path("data/corpus.jsonl"), split="heldout") if r["category"] == category]
-    warmup, repeats = get(params, "throughput.warmup", int, lo=0), get(params, "throughput.repeats", int, lo=1)
+    warmup, repeats = get(params, "throughput.warmup"), get(params, "throughput.repeats")
     prefill = prefill_benchmark(system.decoder, system.tokenizer, prompts,
-                                get(params, "throughput.batch_sizes", list), warmup, repeats)
+                                get(params, "throughput.batch_sizes"), warmup, repeats)
     generation = generation_benchmark(system.decoder, system.tokenizer, prompts,
-                                      get(params, "throughput.generate_batch_sizes", list),
-                                      get(params, "throughput.new_tokens", int, lo=1), warmup,
-                                      get(params, "throughput.generate_repeats", int, lo=1))
+                                      get(params, "throughput.generate_batch_sizes"),
+                                      get(params, "throughput.new_tokens"), warmup,
+                                      get(params, "throughput.generate_repeats"))
     write_csv("reports/throughput_prefill.csv", prefill)
     write_csv("reports/throughput_generate.csv", generation)
     write_json("reports/throughput.json", {
-        "device": str(system.model.device), "dtype": str(system.model.dtype), "threads": torch.get_num_threads(),
+        "mode": system.decoder.settings.mode, "device": str(system.model.device), "dtype": str(system.model.dtype), "threads": torch.get_num_threads(),
         "category": category, "repeats": repeats, "warmup": warmup,
         "prefill": {f"B{r['batch_size']}": {k: r[k] for k in ("full_req_per_s", "routed_req_per_s", "speedup_routed",
                                                                "speedup_static_plan", "ideal_speedup",

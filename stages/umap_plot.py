@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import umap
 
-from ais.corpus import read_corpus
+from ais.routing.corpus import read_corpus
 from ais.params import get, load_params
-from ais.plots import plot_umap
-from ais.routing import load_embeddings
+from ais.report.plots import plot_umap
+from ais.routing.topomap import load_embeddings
 
 CORPUS = Path("data/corpus.jsonl")
 
@@ -18,9 +18,9 @@ if __name__ == "__main__":
     on_map = np.array([r["split"] == "map" for r in rows])
     categories = sorted({r["category"] for r in rows})
     labels = np.array([categories.index(r["category"]) for r, m in zip(rows, on_map) if m])
-    coords = umap.UMAP(n_components=2, n_neighbors=get(params, "umap.n_neighbors", int, lo=2),
-                       min_dist=get(params, "umap.min_dist", float, lo=0), metric="cosine",
-                       random_state=get(params, "umap.seed", int)).fit_transform(vectors[on_map])
+    coords = umap.UMAP(n_components=2, n_neighbors=get(params, "umap.n_neighbors"),
+                       min_dist=get(params, "umap.min_dist"), metric="cosine",
+                       random_state=get(params, "umap.seed")).fit_transform(vectors[on_map])
     plot_umap(coords, labels, categories, "reports/umap.png",
               f"Router embeddings ({int(on_map.sum())} map prompts, pivot layer {identity['pivot_layer']} "
               f"of {identity['n_layers']}, {identity['pooling']} pooling)")

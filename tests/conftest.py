@@ -43,7 +43,7 @@ def tiny64():
 @pytest.fixture(scope="session")
 def embedded_dir(tmp_path_factory):
     """The embedded SmolLM2 materialised once per test session (what `dvc repro model` writes)."""
-    from ais.model import materialise
+    from ais.model.loading import materialise
 
     out = tmp_path_factory.mktemp("model") / "model"
     materialise("embedded", out)
@@ -53,7 +53,7 @@ def embedded_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded(embedded_dir):
     """(model, tokenizer) of the embedded SmolLM2, float32 on CPU."""
-    from ais.model import load_model
+    from ais.model.loading import load_model
 
     return load_model(embedded_dir, dtype="float32", device="cpu")
 
@@ -82,7 +82,7 @@ def write_fake_bigbench(path, tasks: dict):
     import json
     import tarfile
 
-    from ais.corpus import TASKS_PREFIX
+    from ais.routing.corpus import TASKS_PREFIX
 
     with tarfile.open(path, "w:gz") as tar:
         for task, inputs in tasks.items():

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from ais.atomic import atomic_dir, atomic_file, write_text
-from ais.decode import PromptError, check_prompt, encode_prompts
-from ais.model import ModelError, load_model
-from ais.params import ParamsError, get, load_params
-from ais.plan import SkipSettings, n_layers_to_skip
-from ais.topomap import TopoMap
+from ais.files import atomic_dir, atomic_file, write_text
+from ais.model.prompts import PromptError, check_prompt, encode_prompts
+from ais.model.loading import ModelError, load_model
+from ais.params import BENCHMARKS, SCHEMA, ParamsError, check_params, get, load_params
+from ais.routing.plans import SkipSettings, n_layers_to_skip
+from ais.routing.topomap import TopoMap
 from conftest import tiny_llama, tiny_tokenizer
 
 GOOD_SKIP = {"mode": "hard", "alpha": 0.7, "select": "fraction", "fraction": 0.1, "threshold": 0.05, "critical": 0.9}
@@ -58,10 +58,35 @@ def test_k_larger_than_the_map_and_fraction_guard():
         n_layers_to_skip(1.5, 30)
 
 
-def test_the_shipped_params_are_valid():
+def test_the_shipped_params_are_valid_and_every_key_has_a_schema_entry():
     params = load_params("params.yaml")
+    check_params(params)
     SkipSettings.from_params(params)
-    assert yaml.safe_load(open("params.yaml"))["corpus"]["n"] == params["corpus"]["n"]
+    leaves = {f"{section}.{key}" for section, values in params.items() for key in values}
+    assert leaves == set(SCHEMA), "params.yaml and params.SCHEMA list different keys"
+
+
+def test_the_whole_file_check_lists_every_problem_and_says_how_to_restore():
+    params = load_params("params.yaml")
+    params["skip"]["alpha"] = 1.5
+    params["frontier"]["fractions"] = [0.1, 1.2]
+    params["router"]["kind"] = "nearest"
+    params["skip"]["alpah"] = 0.5
+    del params["lossless"]["gamma"]
+    with pytest.raises(ParamsError) as err:
+        check_params(params)
+    message = str(err.value)
+    for part in ("`skip.alpha` is 1.5; it must be < 1", "`frontier.fractions[1]` is 1.2; it must be < 1",
+                 "`router.kind` is 'nearest'; it must be one of knn, learned", "params.yaml has no `lossless.gamma`",
+                 "`skip.alpah` is not a parameter any stage reads (known keys of `skip`: alpha,",
+                 "git checkout -- params.yaml"):
+        assert part in message, part
+
+
+def test_benchmark_choices_match_the_benchmarks_the_stage_can_read():
+    from ais.evaluation.multiple_choice import SOURCES
+
+    assert set(BENCHMARKS) == set(SOURCES)
 
 
 @pytest.mark.parametrize("prompt,message", [
@@ -122,7 +147,7 @@ def test_non_llama_checkpoint_is_refused(tmp_path):
 
 WRITER = """
 import sys, time
-from ais.atomic import atomic_file
+from ais.files import atomic_file
 with atomic_file(sys.argv[1]) as tmp:
     with open(tmp, "w") as f:
         for i in range(10_000):
@@ -147,12 +172,12 @@ def test_failed_map_save_keeps_previous_map(tmp_path, monkeypatch):
     vectors = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
     TopoMap(vectors, np.arange(10) % 2, ["a", "b"], {"hidden_size": 8}).save(tmp_path / "map")
     before = {p.name: p.read_bytes() for p in (tmp_path / "map").iterdir()}
-    import ais.topomap
+    import ais.routing.topomap
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ais.topomap, "save_npz", explode)
+    monkeypatch.setattr(ais.routing.topomap, "save_npz", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         TopoMap(vectors[::-1].copy(), np.arange(10) % 2, ["a", "b"], {"hidden_size": 8}).save(tmp_path / "map")
     assert {p.name: p.read_bytes() for p in (tmp_path / "map").iterdir()} == before

@@ -1,7 +1,7 @@
 """The corpus: stratified, deterministic, with disjoint splits; read from a BIG-bench-shaped tarball."""
 import pytest
 
-from ais.corpus import CorpusError, TaskSpec, build_corpus, load_categories, read_tasks, render
+from ais.routing.corpus import CorpusError, TaskSpec, build_corpus, load_categories, read_tasks, render
 from conftest import write_fake_bigbench
 
 SPECS = [

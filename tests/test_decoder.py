@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from ais.decode import generate_ids
-from ais.decoder import RoutedDecoder, plain_generate, plain_next_token_logits
-from ais.plan import SkipSettings
-from ais.router import router_embedding
-from ais.skip import SkipPlan, skipping
-from ais.topomap import MapError, TopoMap
+from ais.decoding.greedy import generate_ids, next_token_logits, plain_generate
+from ais.decoding.routed import RoutedDecoder
+from ais.model.gating import SkipPlan
+from ais.routing.embedding import router_embedding
+from ais.routing.plans import SkipSettings
+from ais.routing.topomap import MapError, TopoMap
 from conftest import left_padded, tiny_llama
 
 ROWS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 8, 8, 61, 3, 12, 40, 42], [1, 11, 13]]
@@ -38,8 +38,7 @@ def test_routed_logits_equal_plain_forward_under_each_rows_plan(tiny64, mode):
     batch = left_padded(ROWS)
     logits, routes = routed.next_token_logits(batch)
     for i, route in enumerate(routes):
-        with skipping(tiny64, route.plan):
-            reference = plain_next_token_logits(tiny64, batch)[i]
+        reference = next_token_logits(tiny64, batch, route.plan)[i]
         torch.testing.assert_close(logits[i], reference, rtol=1e-6, atol=1e-7)
 
 
@@ -47,8 +46,7 @@ def test_single_plan_batch_is_bit_identical_to_plain_forward(tiny):
     routed = decoder_for(tiny, [0, 0, 0, 0])
     batch = left_padded(ROWS)
     logits, routes = routed.next_token_logits(batch)
-    with skipping(tiny, routes[0].plan):
-        assert torch.equal(logits, plain_next_token_logits(tiny, batch))
+    assert torch.equal(logits, next_token_logits(tiny, batch, routes[0].plan))
 
 
 def test_router_layers_run_once(tiny):
@@ -92,3 +90,39 @@ def test_decoder_refuses_map_without_importance_or_for_other_model(tiny):
         RoutedDecoder(tiny, TopoMap(vectors, [0, 1, 0, 1], ["a", "b"], ident), SkipSettings())
     with pytest.raises(MapError, match="n_layers=8, but this model has n_layers=6"):
         RoutedDecoder(tiny, TopoMap(vectors, [0, 1, 0, 1], ["a", "b"], {**ident, "n_layers": 8}, IMPORTANCE), SkipSettings())
+
+
+def test_knn_router_searches_the_map_once_and_the_learned_router_never(tiny, monkeypatch):
+    routed = decoder_for(tiny, [0, 1, 0, 1])
+    vectors = router_embedding(tiny, left_padded(ROWS), 2).numpy()
+    searches = []
+    search = routed.topo.index.search
+    monkeypatch.setattr(routed.topo.index, "search", lambda *a: searches.append(1) or search(*a))
+    knn = routed.route_embeddings(vectors)
+    assert len(searches) == 1 and all(len(r.neighbours) == 1 for r in knn)
+    routed.topo.router = {"coef": np.eye(2, 32, dtype=np.float32), "intercept": np.zeros(2, np.float32)}
+    routed.router = "learned"
+    learned = routed.route_embeddings(vectors)
+    assert len(searches) == 1, "the learned router searched the FAISS index"
+    assert all(r.neighbours == [] and r.category in ("a", "b") for r in learned)
+
+
+def test_route_prompts_runs_the_router_in_batches_of_batch_size(tiny):
+    from conftest import tiny_tokenizer
+
+    routed = decoder_for(tiny, [0, 1, 0, 1])
+    forwards = []
+    tiny.model.embed_tokens.register_forward_hook(lambda m, a, o: forwards.append(a[0].shape[0]))
+    routed.batch_size = 2
+    routed.route_prompts(tiny_tokenizer(), ["what is the capital of france", "add two", "write a story", "sum"])
+    assert forwards == [2, 2]
+
+
+def test_mode_full_routes_but_skips_nothing_and_soft_blends(tiny64):
+    routed = decoder_for(tiny64, [0, 1, 0, 1])
+    batch = left_padded(ROWS)
+    full, routes = routed.generate(batch, 6, mode="full")
+    assert [r.category for r in routes] == ["a", "b", "a", "b"] and all(r.plan == SkipPlan() for r in routes)
+    assert torch.equal(full, generate_ids(tiny64, batch, SkipPlan(), 6, eos_token_id=-1))
+    _, soft = routed.next_token_logits(batch, mode="soft")
+    assert [r.plan for r in soft] == [SkipPlan.soft_of([4], 0.6), SkipPlan.soft_of([3], 0.6)] * 2

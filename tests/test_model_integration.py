@@ -4,10 +4,13 @@ import json
 import pytest
 import torch
 
-from ais.decode import encode_prompts, generate_text, last_token_logits
-from ais.model import ModelError, load_model, pick_device, pick_dtype
-from ais.router import pivot_hidden
-from ais.skip import NO_SKIP, SkipPlan
+from ais.decoding.greedy import generate_text, next_token_logits
+
+from ais.model.prompts import encode_prompts
+from ais.device import pick_device, pick_dtype
+from ais.model.loading import ModelError, load_model
+from ais.routing.embedding import pivot_hidden
+from ais.model.gating import NO_SKIP, SkipPlan
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +34,9 @@ def test_no_skip_is_plain_model_and_skip_changes_logits(embedded):
     model, tokenizer = embedded
     batch = encode_prompts(tokenizer, ["Name three colours.", "What is 2 + 2?"], model.device)
     with torch.inference_mode():
-        plain = model(**batch).logits[:, -1, :].float()
-    assert torch.equal(last_token_logits(model, batch, NO_SKIP), plain)
-    assert not torch.allclose(last_token_logits(model, batch, SkipPlan.make(hard=[12, 20])), plain)
+        plain = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
+    assert torch.equal(next_token_logits(model, batch, NO_SKIP), plain)
+    assert not torch.allclose(next_token_logits(model, batch, SkipPlan.make(hard=[12, 20])), plain)
 
 
 def test_router_hidden_matches_output_hidden_states(embedded):
@@ -54,7 +57,7 @@ def test_bad_model_settings_fail_clearly(tmp_path):
 
 
 def test_model_source_that_does_not_exist(tmp_path):
-    from ais.model import materialise
+    from ais.model.loading import materialise
 
     with pytest.raises(ModelError, match="model.source='/no/such/checkpoint' does not exist"):
         materialise("/no/such/checkpoint", tmp_path / "model")
@@ -69,8 +72,9 @@ LOSSLESS_PROMPTS = ["Repeat this sentence exactly: the quick brown fox jumps ove
 def test_speculative_decoding_gives_the_greedy_tokens_of_the_embedded_model(embedded):
     """Every drafter, float32: the tokens transformers' greedy `generate` gives, up to and including
     the end-of-sequence token or max_new_tokens; drafts are both accepted and rejected."""
-    from ais.decode import chat_text, generate_ids
-    from ais.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
+    from ais.decoding.greedy import generate_ids
+    from ais.model.prompts import chat_text
+    from ais.decoding.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
 
     model, tokenizer = embedded
     plan = SkipPlan.make(hard=[12, 16, 19, 22, 25, 27])

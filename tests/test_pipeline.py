@@ -105,19 +105,43 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     run(git + ["add", "-A"], root, env)
     run(git + ["commit", "-qm", "baseline"], root, env)
 
+    # a rejected value stops the experiment before DVC removes any output, and says how to restore params.yaml
+    reports = {p.relative_to(root): digest(p) for p in (root / "reports").rglob("*") if p.is_file()}
+    failed = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "skip.alpha=1.5"], cwd=root, env=env,
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert failed.returncode != 0
+    assert "`skip.alpha` is 1.5; it must be < 1" in failed.stderr and "git checkout -- params.yaml" in failed.stderr
+    assert {p.relative_to(root): digest(p) for p in (root / "reports").rglob("*") if p.is_file()} == reports
+    run(["git", "checkout", "--", "params.yaml"], root, env)
+    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root, env)
+
     out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "skip.alpha=0.3"], root, env)
     after = read_metrics(root)
-    for stage in ("embed", "map", "importance", "throughput", "frontier"):
+    for stage in ("embed", "map", "importance", "lossless"):
         assert f"'{stage}' didn't change, skipping" in out, stage
     soft = {k: v for k, v in after["validate.json"].items() if k.startswith("routed_soft") and k != "routed_soft_categories_passing"}
     assert any(soft[k] != before["validate.json"][k] for k in soft), "soft-skip metrics did not move with alpha"
     for key, value in after["validate.json"].items():
         if not key.startswith("routed_soft"):
             assert value == before["validate.json"][key], key
-    for name in ("map.json", "importance.json", "throughput.json", "frontier.json", "corpus.json"):
+    for name in ("map.json", "importance.json", "corpus.json"):
         assert after[name] == before[name], name
+    assert {k: v["top1"] for k, v in after["frontier.json"].items()} == {k: v["top1"] for k, v in before["frontier.json"].items()}
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff"], root, env)
     assert "routed_soft_kl" in diff
+
+    # skip.mode selects what every single-mode result reports
+    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "skip.mode=soft"], root, env)
+    soft_run = read_metrics(root)
+    assert soft_run["validate.json"]["mode"] == "soft" and soft_run["throughput.json"]["mode"] == "soft"
+    assert soft_run["validate.json"]["routed_top1"] == after["validate.json"]["routed_soft_top1"]
+    assert soft_run["validate.json"]["routed_hard_top1"] == after["validate.json"]["routed_top1"]
+    assert soft_run["validate.json"]["global_top1"] != after["validate.json"]["global_top1"]
+    for name, result in soft_run["multiple_choice.json"].items():
+        assert result["loglik_routed_accuracy"] == after["multiple_choice.json"][name]["loglik_routed_soft_accuracy"]
+    frontier = (root / "reports/frontier.csv").read_text().splitlines()
+    mode_column = frontier[0].split(",").index("mode")
+    assert {line.split(",")[mode_column] for line in frontier[1:]} == {"soft"}
 
 
 def digest(path: Path) -> str:
@@ -151,6 +175,9 @@ def test_cli_and_api_on_the_built_pipeline(small_repo):
     ais = [str(Path(sys.executable).parent / "ais"), "--root", str(root)]
     info = json.loads(run(ais + ["info"], root, env, stdout_only=True))
     assert info["entries"] == 36 and set(info["categories"]) == set(CATEGORIES)
+    pivot = info["model"]["pivot_layer"]
+    for plan in info["plans"].values():  # only layers past the router's pivot may be skipped
+        assert plan["may_skip"] and min(plan["may_skip"]) >= pivot and set(plan["skips"]) <= set(plan["may_skip"])
     routed = json.loads(run(ais + ["route", "What is 12 and 30?"], root, env, stdout_only=True))
     assert routed["category"] in CATEGORIES and len(routed["neighbours"]) == 3
     full = json.loads(run(ais + ["generate", "Write a short story about a river.", "--mode", "full",
@@ -170,6 +197,13 @@ def test_cli_and_api_on_the_built_pipeline(small_repo):
     soft = generate(system, "Multiply 7 and 8.", mode="soft", max_new_tokens=8)
     assert hard.skipped_layers == soft.skipped_layers and len(hard.skipped_layers) == 3
     assert hard.category in CATEGORIES and hard.seconds > 0
+    assert generate(system, "Multiply 7 and 8.", max_new_tokens=8).mode == system.decoder.settings.mode
+    # the router's layers run once per request: the decoder continues from them
+    calls = []
+    for idx, layer in enumerate(system.model.model.layers):
+        layer.mlp.register_forward_hook(lambda m, a, o, idx=idx: calls.append((idx, a[0].shape[1])))
+    generate(system, "Multiply 7 and 8.", mode="hard", max_new_tokens=1)
+    assert [n for idx, n in calls if idx == 0] == [max(n for _, n in calls)], "layer 0 ran more than once on the prompt"
 
 
 def test_interrupted_stage_keeps_previous_outputs(small_repo):

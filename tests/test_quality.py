@@ -1,9 +1,9 @@
 """Quality metrics against the full model: zero for no skip, consistent across row subsets."""
 import torch
 
-from ais.quality import compare, make_reference
-from ais.skip import NO_SKIP, SkipPlan
-from ais.validation import score_plans
+from ais.evaluation.quality import compare, make_reference
+from ais.model.gating import NO_SKIP, SkipPlan
+from ais.evaluation.validation import score_plans
 from conftest import tiny_llama, tiny_tokenizer
 
 PROMPTS = ["what is the capital of france", "write a story", "add two plus two number", "sum"]

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ais.decode import generate_ids, last_token_logits
-from ais.router import pivot_hidden, router_embedding
-from ais.skip import NO_SKIP, PlanError, SkipPlan, clear_plan, current_plan, set_plan, skipping
+from ais.decoding.greedy import generate_ids, next_token_logits
+from ais.routing.embedding import pivot_hidden, router_embedding
+from ais.model.gating import NO_SKIP, PlanError, SkipPlan, clear_plan, current_plan, set_plan, skipping
 from conftest import left_padded, tiny_llama
 
 ROWS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 8, 8, 61, 3, 12, 40, 2 + 40]]
@@ -19,16 +19,16 @@ PLANS = [
 
 def plain_logits(model, batch):
     with torch.inference_mode():
-        return model(**batch).logits[:, -1, :].float()
+        return model(**batch, logits_to_keep=1).logits[:, -1, :].float()
 
 
 def test_empty_plan_is_bit_identical_to_plain_transformers(tiny):
     batch = left_padded(ROWS)
     reference = plain_logits(tiny, batch)
-    assert torch.equal(last_token_logits(tiny, batch, NO_SKIP), reference)
+    assert torch.equal(next_token_logits(tiny, batch, NO_SKIP), reference)
     # and after a plan was applied and removed
     with skipping(tiny, SkipPlan.make(hard=[1, 2], soft={3: 0.4})):
-        assert not torch.equal(last_token_logits(tiny, batch, current_plan(tiny)), reference)
+        assert not torch.equal(next_token_logits(tiny, batch, current_plan(tiny)), reference)
     assert torch.equal(plain_logits(tiny, batch), reference)
 
 
@@ -52,9 +52,9 @@ def test_cached_generation_equals_uncached_on_padded_batch(tiny64, plan):
 
 @pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.describe())
 def test_batched_forward_equals_per_prompt_forward(tiny64, plan):
-    batched = last_token_logits(tiny64, left_padded(ROWS), plan)
+    batched = next_token_logits(tiny64, left_padded(ROWS), plan)
     for i, row in enumerate(ROWS):
-        single = last_token_logits(tiny64, left_padded([row]), plan)
+        single = next_token_logits(tiny64, left_padded([row]), plan)
         # rotary cos/sin are computed in float32 and padding shifts positions: agreement to ~1e-6
         torch.testing.assert_close(batched[i], single[0], rtol=1e-4, atol=1e-5)
 
@@ -69,7 +69,7 @@ def test_batched_generation_equals_per_prompt_generation(tiny64, plan):
 
 def test_plans_change_the_output(tiny64):
     batch = left_padded(ROWS)
-    outputs = [last_token_logits(tiny64, batch, p) for p in PLANS]
+    outputs = [next_token_logits(tiny64, batch, p) for p in PLANS]
     for i in range(len(outputs)):
         for j in range(i + 1, len(outputs)):
             assert not torch.allclose(outputs[i], outputs[j]), (PLANS[i], PLANS[j])
@@ -81,7 +81,7 @@ def test_hard_skipped_layer_never_runs(tiny):
         for sub in (layer.self_attn, layer.mlp):
             sub.register_forward_hook(lambda m, a, o, idx=idx: calls.append(idx))
     batch = left_padded(ROWS)
-    last_token_logits(tiny, batch, SkipPlan.make(hard=[2, 4]))
+    next_token_logits(tiny, batch, SkipPlan.make(hard=[2, 4]))
     generate_ids(tiny, batch, SkipPlan.make(hard=[2, 4]), max_new_tokens=3)
     assert calls and not {2, 4} & set(calls)
     assert {0, 1, 3, 5} <= set(calls)
@@ -90,7 +90,7 @@ def test_hard_skipped_layer_never_runs(tiny):
 def test_hard_skip_equals_model_without_those_layers(tiny64):
     """Bypassing a layer is the same as deleting it from the stack (a second, independent check)."""
     batch = left_padded(ROWS)
-    skipped = last_token_logits(tiny64, batch, SkipPlan.make(hard=[2, 4]))
+    skipped = next_token_logits(tiny64, batch, SkipPlan.make(hard=[2, 4]))
     full_layers = tiny64.model.layers
     tiny64.model.layers = torch.nn.ModuleList([l for i, l in enumerate(full_layers) if i not in (2, 4)])
     tiny64.config.num_hidden_layers = 4
@@ -105,10 +105,10 @@ def test_hard_skip_equals_model_without_those_layers(tiny64):
 
 def test_soft_skip_limits(tiny64):
     batch = left_padded(ROWS)
-    full = last_token_logits(tiny64, batch)
-    hard = last_token_logits(tiny64, batch, SkipPlan.make(hard=[2, 3]))
-    near_one = last_token_logits(tiny64, batch, SkipPlan.soft_of([2, 3], 1 - 1e-9))
-    near_zero = last_token_logits(tiny64, batch, SkipPlan.soft_of([2, 3], 1e-9))
+    full = next_token_logits(tiny64, batch)
+    hard = next_token_logits(tiny64, batch, SkipPlan.make(hard=[2, 3]))
+    near_one = next_token_logits(tiny64, batch, SkipPlan.soft_of([2, 3], 1 - 1e-9))
+    near_zero = next_token_logits(tiny64, batch, SkipPlan.soft_of([2, 3], 1e-9))
     torch.testing.assert_close(near_one, full, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(near_zero, hard, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(full, hard, atol=1e-3)

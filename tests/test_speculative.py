@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from ais.decoder import plain_generate
-from ais.skip import SkipPlan
-from ais.speculative import Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, speculative_generate, truncate_cache
+from ais.decoding.greedy import plain_generate
+from ais.model.gating import SkipPlan
+from ais.decoding.speculative import Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, speculative_generate, truncate_cache
 from conftest import left_padded, tiny_llama
 
 PROMPTS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9], [1, 11, 13, 17, 11, 13, 17, 11]]

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from ais.router import embed_prompts, router_embedding
-from ais.decode import encode_prompts
-from ais.topomap import MapError, TopoMap, centroid_recall, knn_homogeneity
+from ais.routing.embedding import embed_prompts, router_embedding
+from ais.model.prompts import encode_prompts
+from ais.routing.topomap import MapError, TopoMap, centroid_recall, knn_homogeneity
 from conftest import tiny_llama, tiny_tokenizer
 
 IDENTITY = {"model_type": "llama", "n_layers": 6, "hidden_size": 16, "vocab_size": 97}

@@ -1,19 +1,28 @@
 """The public API: load the built pipeline artifacts in one call, route prompts, generate.
 
-    from ais.api import load
-    system = load()                       # params.yaml + data/model + data/map
-    system.route("Summarise this: ...")   # category, neighbours, similarities, skip plan
+    from ais.api import generate, load, route
+    system = load()                                  # params.yaml + data/model + data/map
+    route(system, "Summarise this: ...")             # category, neighbours, similarities, skip plan
+    generate(system, "What is 12 plus 30?")          # in skip.mode; or mode="full" | "hard" | "soft" | "lossless"
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ais.decoder import RoutedDecoder
-from ais.model import load_model
+from ais.decoding.routed import Route, RoutedDecoder
+from ais.decoding.speculative import make_drafter, speculative_generate
+from ais.device import pick_dtype, synchronize
+from ais.model.loading import load_model, model_identity
+from ais.model.prompts import chat_ids, check_prompt, context_length, encode_prompts
 from ais.params import get, load_params
-from ais.plan import SkipSettings
-from ais.topomap import TopoMap
+from ais.routing.embedding import router_embedding
+from ais.routing.plans import SkipSettings
+from ais.routing.topomap import TopoMap
+
+MODES = ("full", "hard", "soft", "lossless")
 
 
 @dataclass
@@ -25,20 +34,24 @@ class System:
     topo: TopoMap
     decoder: RoutedDecoder
     params: dict
+    root: Path
     _lossless: object = None
 
     def lossless_model(self):
         """The model in `lossless.dtype` (float32 by default): in bfloat16, verifying several
         tokens in one forward rounds differently from one-token steps and the greedy tokens can
         differ, so exactness is only claimed at this dtype. Loaded once, only if it differs."""
-        dtype = get(self.params, "lossless.dtype", str)
-        from ais.model import pick_dtype
-
+        dtype = get(self.params, "lossless.dtype")
         if pick_dtype(dtype, self.model.device) == self.model.dtype:
             return self.model
         if self._lossless is None:
-            self._lossless = load_model(Path(self.params["_root"]) / "data/model", dtype, str(self.model.device))[0]
+            self._lossless = load_model(self.root / "data/model", dtype, str(self.model.device))[0]
         return self._lossless
+
+    def drafters(self) -> dict[str, str]:
+        """The drafter each category chose in the `lossless` stage (none where nothing paid)."""
+        path = self.root / "data/drafters.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load(params_path: str | Path = "params.yaml", root: str | Path = ".", dtype: str | None = None,
@@ -46,26 +59,19 @@ def load(params_path: str | Path = "params.yaml", root: str | Path = ".", dtype:
     """Load model and map with the settings in params.yaml (`dtype` replaces model.dtype;
     `overrides` replace keys of the `skip` section, e.g. mode='soft')."""
     root = Path(root)
-    params = load_params(Path(root) / params_path if not Path(params_path).is_absolute() else params_path)
+    params = load_params(root / params_path if not Path(params_path).is_absolute() else params_path)
     params.setdefault("skip", {}).update(overrides)
-    params["_root"] = str(root)
     settings = SkipSettings.from_params(params)
-    model, tokenizer = load_model(root / "data/model", dtype or get(params, "model.dtype", str),
-                                  get(params, "model.device", str))
-    from ais.model import model_identity
-
+    model, tokenizer = load_model(root / "data/model", dtype or get(params, "model.dtype"), get(params, "model.device"))
     topo = TopoMap.load(root / "data/map", model_identity(model))
-    k = get(params, "router.k", int, lo=1, hi=len(topo))
-    router = get(params, "router.kind", str, choices=("knn", "learned"))
-    return System(model, tokenizer, topo, RoutedDecoder(model, topo, settings, k, router), params)
-
-
-MODES = ("full", "hard", "soft", "lossless")
+    decoder = RoutedDecoder(model, topo, settings, k=get(params, "router.k", hi=len(topo)),
+                            router=get(params, "router.kind"), batch_size=get(params, "router.batch_size"))
+    return System(model, tokenizer, topo, decoder, params, root)
 
 
 @dataclass
 class Generation:
-    """A reply and what produced it."""
+    """A reply and what produced it; `seconds` is the whole request (routing included)."""
 
     text: str
     mode: str
@@ -74,36 +80,33 @@ class Generation:
     plan: str
     seconds: float
     new_tokens: int
+    dtype: str
     drafter: str | None = None
     mean_accepted: float | None = None
 
 
-def _route(system: System, prompt: str):
-    from ais.decode import check_prompt
-
-    return system.decoder.route_prompts(system.tokenizer, [check_prompt(prompt)])[0]
-
-
 def route(system: System, prompt: str) -> dict:
-    """Where a prompt goes: category, nearest map entries with similarities, and its skip plan."""
-    r = _route(system, prompt)
-    return {"category": r.category, "router": system.decoder.router, "neighbours": r.neighbours,
-            "neighbour_categories": [system.topo.categories[int(system.topo.labels[i])] for i in r.neighbours],
-            "similarities": r.similarities, "plan": r.plan.describe(), "skipped_layers": r.plan.layers}
+    """Where a prompt goes: category, nearest map entries with similarities, and its skip plan.
+    The learned router does not search the map; here it is searched only to show the neighbours."""
+    model, decoder = system.model, system.decoder
+    batch = encode_prompts(system.tokenizer, [check_prompt(prompt)], model.device, context_length(model))
+    vector = router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy()
+    r = decoder.route_embeddings(vector)[0]
+    neighbours, similarities = r.neighbours, r.similarities
+    if not neighbours:
+        sims, idx = system.topo.search(vector, decoder.k)
+        neighbours, similarities = idx[0].tolist(), [round(float(v), 4) for v in sims[0]]
+    return {"category": r.category, "router": decoder.router, "neighbours": neighbours,
+            "neighbour_categories": [system.topo.categories[int(system.topo.labels[i])] for i in neighbours],
+            "similarities": similarities, "plan": r.plan.describe(), "skipped_layers": r.plan.layers}
 
 
-def generate(system: System, prompt: str, mode: str = "hard", max_new_tokens: int = 64) -> Generation:
-    """Greedy reply under `mode`: full (no skip), hard / soft (the routed plan), lossless
-    (speculative decoding with the category's drafter; identical tokens to full)."""
-    import time
-
-    from ais.benchmark import synchronize
-    from ais.decode import check_prompt, context_length, encode_prompts, generate_ids
-    from ais.lossless import make_drafter, prompt_ids
-    from ais.plan import make_plan
-    from ais.skip import NO_SKIP
-    from ais.speculative import speculative_generate
-
+def generate(system: System, prompt: str, mode: str | None = None, max_new_tokens: int = 64) -> Generation:
+    """Greedy reply under `mode` (default: params.yaml `skip.mode`): full (no skip), hard / soft
+    (the routed plan), lossless (speculative decoding with the category's drafter, verified by the
+    full model in `lossless.dtype`; identical tokens to full at that dtype). For full, hard and
+    soft, the routed decoder runs the router's layers once and continues from them."""
+    mode = mode or system.decoder.settings.mode
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -112,32 +115,31 @@ def generate(system: System, prompt: str, mode: str = "hard", max_new_tokens: in
     model, tok = system.model, system.tokenizer
     synchronize(model.device)
     start = time.perf_counter()
-    r = _route(system, prompt)
-    drafter_name, mean_accepted = None, None
     if mode == "lossless":
-        drafter_name = _drafters(system).get(r.category, "none")
-        draft_plan = system.decoder.plan_for(r.category, float(system.params["lossless"]["draft_fraction"]), mode="hard")
-        drafter = make_drafter(drafter_name, draft_plan, float(system.params["lossless"]["confidence"]),
-                               int(system.params["lossless"]["ngram"]))
-        ids = prompt_ids(tok, prompt, context_length(model) - max_new_tokens - 8)
-        new, stats = speculative_generate(system.lossless_model(), ids, max_new_tokens, drafter, int(system.params["lossless"]["gamma"]),
-                                          eos_token_id=tok.eos_token_id)
-        mean_accepted, plan = stats.mean_accepted, NO_SKIP
+        route_, new, drafter, mean_accepted, dtype = _lossless(system, prompt, max_new_tokens)
+        plan_text, skipped = f"verify with all layers; drafter {drafter}", []
     else:
-        plan = NO_SKIP if mode == "full" else make_plan(r.plan.layers, mode, system.decoder.settings.alpha)
         batch = encode_prompts(tok, [prompt], model.device, context_length(model) - max_new_tokens)
-        new = generate_ids(model, batch, plan, max_new_tokens, eos_token_id=tok.eos_token_id)[0].tolist()
+        ids, routes = system.decoder.generate(batch, max_new_tokens, tok.eos_token_id, mode=mode)
+        route_, new, drafter, mean_accepted, dtype = routes[0], ids[0].tolist(), None, None, model.dtype
+        plan_text, skipped = route_.plan.describe(), route_.plan.layers
     synchronize(model.device)
     seconds = time.perf_counter() - start
     if tok.eos_token_id in new:  # rows that ended are padded after their end-of-sequence token
         new = new[:new.index(tok.eos_token_id) + 1]
-    return Generation(tok.decode(new, skip_special_tokens=True), mode, r.category,
-                      plan.layers if mode in ("hard", "soft") else [], plan.describe() if mode != "lossless"
-                      else f"verify with all layers; drafter {drafter_name}", seconds, len(new), drafter_name, mean_accepted)
+    return Generation(tok.decode(new, skip_special_tokens=True), mode, route_.category, skipped, plan_text, seconds,
+                      len(new), str(dtype).replace("torch.", ""), drafter, mean_accepted)
 
 
-def _drafters(system: System) -> dict:
-    import json
-
-    path = Path(system.params.get("_root", ".")) / "data/drafters.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _lossless(system: System, prompt: str, max_new_tokens: int) -> tuple[Route, list[int], str, float, object]:
+    """Route the prompt, then speculative decoding with its category's drafter."""
+    params, tok = system.params, system.tokenizer
+    route_ = system.decoder.route_prompts(tok, [prompt], mode="full")[0]
+    name = system.drafters().get(route_.category, "none")
+    draft_plan = system.decoder.plan_for(route_.category, get(params, "lossless.draft_fraction"), mode="hard")
+    drafter = make_drafter(name, draft_plan, get(params, "lossless.confidence"), get(params, "lossless.ngram"))
+    verifier = system.lossless_model()
+    ids = chat_ids(tok, prompt, context_length(verifier) - max_new_tokens - 8)
+    new, stats = speculative_generate(verifier, ids, max_new_tokens, drafter, get(params, "lossless.gamma"),
+                                      eos_token_id=tok.eos_token_id)
+    return route_, new, name, stats.mean_accepted, verifier.dtype

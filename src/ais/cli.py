@@ -15,10 +15,14 @@ from pathlib import Path
 EPILOG = "Reads params.yaml and the outputs of `dvc repro` (data/model, data/map) in --root."
 
 
-def _read_prompt(args) -> str:
-    if args.file:
-        from ais.decode import check_prompt
+# The heavy imports (torch, transformers, FAISS) happen inside the commands, so that `ais --help`
+# and argument errors answer at once.
 
+
+def _read_prompt(args) -> str:
+    from ais.model.prompts import check_prompt
+
+    if args.file:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
         return check_prompt(raw)
     if args.prompt is None:
@@ -26,31 +30,40 @@ def _read_prompt(args) -> str:
     return args.prompt
 
 
-def _load(args, **overrides):
+def _check_built(root: Path, model_too: bool = True) -> None:
+    if not (root / "data/map/map.json").is_file() or (model_too and not (root / "data/model").is_dir()):
+        raise FileNotFoundError(f"no built pipeline in {root.resolve()}: run `dvc repro` first")
+
+
+def _load(args):
     from ais.api import load
 
-    root = Path(args.root)
-    if not (root / "data/map/map.json").is_file() or not (root / "data/model").is_dir():
-        raise FileNotFoundError(f"no built pipeline in {root.resolve()}: run `dvc repro` first")
-    return load(root=root, **overrides)
+    _check_built(Path(args.root))
+    return load(root=args.root)
 
 
 def cmd_info(args) -> dict:
-    from ais.topomap import TopoMap
+    """The map's model, size and categories, and per category the layers its plan may skip
+    (past the router's pivot, below `skip.critical`) and those it skips at the params' settings."""
+    from ais.params import load_params
+    from ais.routing.plans import SkipSettings, candidate_layers, select_layers
+    from ais.routing.topomap import TopoMap
 
     root = Path(args.root)
-    if not (root / "data/map/map.json").is_file():
-        raise FileNotFoundError(f"no built map in {root.resolve()}: run `dvc repro` first")
+    _check_built(root, model_too=False)
     topo = TopoMap.load(root / "data/map")
+    settings = SkipSettings.from_params(load_params(root / "params.yaml"))
     counts = {c: int((topo.labels == i).sum()) for i, c in enumerate(topo.categories)}
     drafters = root / "data/drafters.json"
     info = {"model": topo.identity, "entries": len(topo), "categories": counts,
             "has_importance": topo.importance is not None, "has_learned_router": bool(topo.router),
             "drafters": json.loads(drafters.read_text()) if drafters.is_file() else None}
     if topo.importance is not None:
-        info["least_important_layers"] = {c: sorted(range(1, topo.importance.shape[1]),
-                                                    key=lambda l: topo.importance[i, l])[:3]
-                                          for i, c in enumerate(topo.categories)}
+        pivot = int(topo.identity["pivot_layer"])
+        info["skip"] = f"{settings.mode}, {settings.select} {settings.fraction if settings.select == 'fraction' else settings.threshold}"
+        info["plans"] = {c: {"may_skip": candidate_layers(topo.importance[i], pivot, settings.critical),
+                             "skips": select_layers(topo.importance[i], pivot, settings)}
+                         for i, c in enumerate(topo.categories)}
     return info
 
 
@@ -79,8 +92,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("prompt", nargs="?", help="the prompt text")
         s.add_argument("--file", help="read the prompt from a UTF-8 file (- for standard input)")
         if name == "generate":
-            s.add_argument("--mode", default="hard", choices=("full", "hard", "soft", "lossless"),
-                           help="full: no skip; hard/soft: the routed plan; lossless: speculative, identical to full")
+            s.add_argument("--mode", default=None, choices=("full", "hard", "soft", "lossless"),
+                           help="full: no skip; hard/soft: the routed plan; lossless: speculative, identical to "
+                                "full (default: skip.mode in params.yaml)")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
     return p

@@ -1,13 +1,92 @@
-"""Reading params.yaml with clear errors for missing keys and wrong types."""
+"""Reading params.yaml: every key's type and range in one table (SCHEMA), clear errors for
+missing keys, wrong types and unknown (misspelt) keys, and one check of the whole file that the
+pipeline's first stage runs before any other stage can remove its outputs."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import yaml
 
+RESTORE_HINT = ("params.yaml still holds the rejected value (`dvc exp run -S` writes it there before any stage "
+                "runs); put the file back with `git checkout -- params.yaml`")
+
 
 class ParamsError(ValueError):
     """A params.yaml value that is missing or of the wrong type or range."""
+
+
+def _spec(kind=None, lo=None, hi=None, choices=None, lo_open=False, hi_open=False, items=None, valid=None,
+          expect=None) -> dict:
+    return {"kind": kind, "lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open, "hi_open": hi_open,
+            "items": items, "valid": valid, "expect": expect}
+
+
+INT0, INT1, FRACTION = _spec(int, lo=0), _spec(int, lo=1), _spec(float, lo=0, hi=1, hi_open=True)
+SEED = _spec(int)
+TEXT = _spec(str)
+BENCHMARKS = ("mmlu", "arc_easy", "hellaswag", "piqa")
+
+SCHEMA: dict[str, dict] = {
+    "model.source": TEXT,
+    "model.dtype": _spec(str, choices=("auto", "float32", "bfloat16", "float16", "float64")),
+    "model.device": _spec(str, valid=lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"),
+                          expect="auto, cpu, cuda, cuda:N or mps"),
+    "corpus.source": _spec(str, choices=("bigbench", "dolly")),
+    "corpus.archive": TEXT,
+    "corpus.categories": TEXT,
+    "corpus.n": INT1,
+    "corpus.n_importance": INT1,
+    "corpus.n_heldout": INT1,
+    "corpus.n_heldout_task": INT0,
+    "corpus.max_chars": _spec(int, lo=20),
+    "corpus.seed": SEED,
+    "router.pivot_layer": _spec((str, int), valid=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+                                expect="'auto' or an integer >= 1"),
+    "router.pooling": _spec(str, choices=("last", "mean")),
+    "router.batch_size": INT1,
+    "router.kind": _spec(str, choices=("knn", "learned")),
+    "router.k": INT1,
+    "router.sweep_per_category": INT1,
+    "map.homogeneity_k": INT1,
+    "map.learned_c": _spec(float, lo=0, lo_open=True),
+    "umap.n_neighbors": _spec(int, lo=2),
+    "umap.min_dist": _spec(float, lo=0),
+    "umap.seed": SEED,
+    "importance.method": _spec(str, choices=("single", "group", "block_influence")),
+    "importance.n_groups": INT1,
+    "importance.n_continuation": INT0,
+    "skip.mode": _spec(str, choices=("hard", "soft")),
+    "skip.alpha": _spec(float, lo=0, hi=1, lo_open=True, hi_open=True),
+    "skip.select": _spec(str, choices=("fraction", "threshold")),
+    "skip.fraction": FRACTION,
+    "skip.threshold": _spec(float, lo=0, hi=1),
+    "skip.critical": _spec(float, lo=0, hi=1, lo_open=True),
+    "validate.n_per_category": INT1,
+    "validate.n_continuation": INT0,
+    "validate.seed": SEED,
+    "throughput.category": TEXT,
+    "throughput.batch_sizes": _spec(list, items=INT1),
+    "throughput.generate_batch_sizes": _spec(list, items=INT1),
+    "throughput.new_tokens": INT1,
+    "throughput.warmup": INT0,
+    "throughput.repeats": INT1,
+    "throughput.generate_repeats": INT1,
+    "multiple_choice.benchmarks": _spec(list, items=_spec(str, choices=BENCHMARKS)),
+    "multiple_choice.n_per_benchmark": INT1,
+    "multiple_choice.seed": SEED,
+    "frontier.fractions": _spec(list, items=FRACTION),
+    "frontier.n_per_category": INT1,
+    "frontier.timing_batch": INT1,
+    "frontier.repeats": INT1,
+    "lossless.dtype": _spec(str, choices=("float32", "float64", "bfloat16", "float16")),
+    "lossless.gamma": INT1,
+    "lossless.draft_fraction": FRACTION,
+    "lossless.confidence": _spec(float, lo=0, hi=1),
+    "lossless.max_new_tokens": INT1,
+    "lossless.ngram": INT1,
+    "lossless.n_per_category": INT1,
+    "lossless.min_speedup": _spec(float, lo=0),
+}
 
 
 def load_params(path: Path | str = "params.yaml") -> dict:
@@ -23,14 +102,8 @@ def load_params(path: Path | str = "params.yaml") -> dict:
     return params
 
 
-def get(params: dict, dotted: str, kind=None, lo=None, hi=None, choices=None, lo_open=False, hi_open=False):
-    """The value at `dotted` (e.g. 'skip.alpha'), checked for type, range and choices."""
-    node = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ParamsError(f"params.yaml has no `{dotted}`")
-        node = node[part]
-    value = node
+def _check(dotted: str, value, kind=None, lo=None, hi=None, choices=None, lo_open=False, hi_open=False, items=None,
+           valid=None, expect=None):
     if kind is not None:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
@@ -39,10 +112,58 @@ def get(params: dict, dotted: str, kind=None, lo=None, hi=None, choices=None, lo
         if not ok:
             names = " or ".join(k.__name__ for k in kinds)
             raise ParamsError(f"`{dotted}` is {value!r} ({type(value).__name__}); it must be {names}")
+    if valid is not None and not valid(value):
+        raise ParamsError(f"`{dotted}` is {value!r}; it must be {expect}")
     if choices is not None and value not in choices:
         raise ParamsError(f"`{dotted}` is {value!r}; it must be one of {', '.join(map(str, choices))}")
     if lo is not None and (value < lo or (lo_open and value == lo)):
         raise ParamsError(f"`{dotted}` is {value!r}; it must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
         raise ParamsError(f"`{dotted}` is {value!r}; it must be {'<' if hi_open else '<='} {hi}")
-    return value
+    if items is not None:
+        if not value:
+            raise ParamsError(f"`{dotted}` is an empty list; give at least one value")
+        for i, item in enumerate(value):
+            _check(f"{dotted}[{i}]", item, **items)
+
+
+def get(params: dict, dotted: str, kind=None, **limits):
+    """The value at `dotted` (e.g. 'skip.alpha'), checked against SCHEMA; `kind` and `limits`
+    (lo, hi, choices, lo_open, hi_open) add to or replace its entry, e.g. hi=len(map) for router.k."""
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"params.yaml has no `{dotted}`")
+        node = node[part]
+    spec = dict(SCHEMA.get(dotted, {}))
+    spec.update({"kind": kind} if kind is not None else {})
+    spec.update(limits)
+    _check(dotted, node, **spec)
+    return node
+
+
+def _leaves(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        out += _leaves(value, dotted + ".") if isinstance(value, dict) else [dotted]
+    return out
+
+
+def check_params(params: dict) -> None:
+    """Check every key of the file at once: one ParamsError listing every problem (missing, wrong
+    type or range, unknown) and how to restore params.yaml; nothing is returned when all is well."""
+    problems = []
+    for dotted in SCHEMA:
+        try:
+            get(params, dotted)
+        except ParamsError as err:
+            problems.append(str(err))
+    for dotted in _leaves(params):
+        if dotted not in SCHEMA:
+            section = dotted.split(".")[0]
+            known = sorted(k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))
+            hint = f"known keys of `{section}`: {', '.join(known)}" if known else f"no section `{section}` is read"
+            problems.append(f"`{dotted}` is not a parameter any stage reads ({hint})")
+    if problems:
+        raise ParamsError("; ".join(problems) + f". {RESTORE_HINT}")

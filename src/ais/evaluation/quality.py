@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ais.decode import context_length, encode_prompts
-from ais.skip import NO_SKIP, SkipPlan, skipping
+from ais.decoding.greedy import plain_generate
+from ais.model.prompts import context_length, encode_prompts
+from ais.model.gating import NO_SKIP, SkipPlan, skipping
 
 
 @dataclass
@@ -35,8 +36,6 @@ class Reference:
 @torch.inference_mode()
 def make_reference(model, tokenizer, prompts: list[str], n_continuation: int) -> Reference:
     """Generate the full model's greedy continuation and record its next-token distributions."""
-    from ais.decoder import plain_generate
-
     batch = encode_prompts(tokenizer, prompts, model.device, context_length(model) - n_continuation - 1)
     prompt_len = batch["input_ids"].shape[1]
     if n_continuation > 0:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ais.files import sha256_file, write_text
+
 BIGBENCH = "bigbench==1.0.0"
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"  # of the PyPI sdist
@@ -72,8 +74,6 @@ def fetch_bigbench() -> Path:
              "--disable-pip-version-check", "-d", str(target.parent), BIGBENCH],
             check=True,
         )
-    from ais.model import sha256_file
-
     digest = sha256_file(target)
     if digest != BIGBENCH_SHA256:
         raise CorpusError(f"{target} has sha256 {digest}, expected {BIGBENCH_SHA256} for {BIGBENCH}; "
@@ -173,8 +173,6 @@ def build_corpus(specs: list[TaskSpec], examples: dict[str, list[dict]], n: int,
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from ais.atomic import write_text
-
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
 
 

@@ -1,31 +1,26 @@
 """The quality-vs-speed frontier: for each skipped fraction, top-1 agreement and KL against the
 full model for three ways of choosing the layers (routed per category, one global plan, random),
-next to the prefill speedup measured for that many skipped layers."""
+all in `skip.mode`, next to the prefill speedup measured for that many skipped layers."""
 from __future__ import annotations
 
 import numpy as np
 from tqdm import tqdm
 
-from ais.benchmark import time_interleaved
-from ais.decode import context_length, encode_prompts
-from ais.decoder import plain_next_token_logits
-from ais.importance import layer_groups
-from ais.plan import lowest_layers, candidate_layers, make_plan, n_layers_to_skip, random_layers
-from ais.quality import make_reference
-from ais.skip import SkipPlan, skipping
-from ais.validation import global_layers, score_plans
+from ais.decoding.greedy import next_token_logits
+from ais.evaluation.importance import layer_groups
+from ais.evaluation.quality import make_reference
+from ais.evaluation.timing import time_interleaved
+from ais.evaluation.validation import global_layers, score_plans
+from ais.model.gating import SkipPlan
+from ais.model.prompts import context_length, encode_prompts
+from ais.routing.plans import make_plan, n_layers_to_skip, random_layers
 
 
-def measured_speedup(model, tokenizer, prompts: list[str], layers: list[int], warmup: int, repeats: int) -> float:
-    """Median prefill time of the full model over that of the model with `layers` hard-skipped."""
+def measured_speedup(model, tokenizer, prompts: list[str], plan: SkipPlan, warmup: int, repeats: int) -> float:
+    """Median prefill time of the full model over that of the model under `plan`."""
     batch = encode_prompts(tokenizer, prompts, model.device, context_length(model))
-    plan = SkipPlan.make(hard=layers)
-
-    def skipped():
-        with skipping(model, plan):
-            plain_next_token_logits(model, batch)
-
-    times = time_interleaved({"full": lambda: plain_next_token_logits(model, batch), "skipped": skipped},
+    times = time_interleaved({"full": lambda: next_token_logits(model, batch),
+                              "skipped": lambda: next_token_logits(model, batch, plan)},
                              model.device, warmup, repeats)
     return float(np.median(times["full"]) / np.median(times["skipped"]))
 
@@ -43,12 +38,13 @@ def frontier(decoder, tokenizer, prompts_by_category: dict[str, list[str]], frac
              n_continuation: int, seed: int, timing_prompts: list[str], warmup: int, repeats: int,
              extra_plans: dict[str, dict[str, list[int]]] | None = None, progress: bool = True) -> list[dict]:
     """Rows {method, fraction, n_skipped, top1, top5, kl, speedup} pooled over categories."""
-    model = decoder.model
+    model, mode, alpha = decoder.model, decoder.settings.mode, decoder.settings.alpha
     n_layers = model.config.num_hidden_layers
     rng = np.random.default_rng(seed)
     counts = sorted({n_layers_to_skip(f, n_layers) for f in fractions})
     speed = {n: 1.0 if n == 0 else measured_speedup(model, tokenizer, timing_prompts,
-                                                     global_layers(decoder, n), warmup, repeats) for n in counts}
+                                                     make_plan(global_layers(decoder, n), mode, alpha), warmup, repeats)
+             for n in counts}
     pooled: dict[tuple, dict[str, list]] = {}
     for category in tqdm(sorted(prompts_by_category), desc="frontier", unit="category", disable=not progress):
         prompts = prompts_by_category[category]
@@ -57,13 +53,13 @@ def frontier(decoder, tokenizer, prompts_by_category: dict[str, list[str]], frac
         conditions = {}
         for n in counts:
             f = n / n_layers
-            conditions[("routed", n)] = [decoder.plan_for(r.category, f, "hard") for r in routes]
-            conditions[("global", n)] = [make_plan(global_layers(decoder, n), "hard", 1)] * len(prompts)
-            conditions[("random", n)] = [make_plan(random_layers(n_layers, decoder.pivot, n, rng), "hard", 1)
+            conditions[("routed", n)] = [decoder.plan_for(r.category, f) for r in routes]
+            conditions[("global", n)] = [make_plan(global_layers(decoder, n), mode, alpha)] * len(prompts)
+            conditions[("random", n)] = [make_plan(random_layers(n_layers, decoder.pivot, n, rng), mode, alpha)
                                          for _ in prompts]
         for name, per_category in (extra_plans or {}).items():
             layers = per_category[category]
-            conditions[(name, len(layers))] = [make_plan(layers, "hard", 1)] * len(prompts)
+            conditions[(name, len(layers))] = [make_plan(layers, mode, alpha)] * len(prompts)
         scores = score_plans(model, ref, conditions)
         for key, metric in scores.items():
             for m, values in metric.items():
@@ -71,11 +67,12 @@ def frontier(decoder, tokenizer, prompts_by_category: dict[str, list[str]], frac
     for name, per_category in (extra_plans or {}).items():
         n = len(next(iter(per_category.values())))
         if n not in speed:
-            speed[n] = measured_speedup(model, tokenizer, timing_prompts, next(iter(per_category.values())), warmup, repeats)
+            speed[n] = measured_speedup(model, tokenizer, timing_prompts,
+                                        make_plan(next(iter(per_category.values())), mode, alpha), warmup, repeats)
     rows = []
     for (method, n), metric in sorted(pooled.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        rows.append({"method": method, "n_skipped": n, "fraction": round(n / n_layers, 4),
+        rows.append({"method": method, "mode": mode, "n_skipped": n, "fraction": round(n / n_layers, 4),
                      "top1": round(float(np.mean(metric["top1"])), 4), "top5": round(float(np.mean(metric["top5"])), 4),
                      "kl": round(float(np.mean(metric["kl"])), 4), "speedup": round(speed[n], 4),
-                     "ideal_speedup": round(n_layers / (n_layers - n), 4)})
+                     "ideal_speedup": round(n_layers / (n_layers - n), 4) if mode == "hard" else 1.0})
     return rows

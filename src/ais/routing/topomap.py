@@ -11,16 +11,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
-from ais.atomic import atomic_dir, load_npz, save_npz, write_json
+from ais.files import atomic_dir, load_npz, save_npz, sha256_file, write_json
 
 
 class MapError(ValueError):
     """A map that cannot be built, loaded or queried as asked."""
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); a zero or non-finite row is an error."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim == 1:
@@ -49,9 +52,7 @@ class TopoMap:
     router: dict = field(default_factory=dict)  # learned router: coef (C x H), intercept (C)
 
     def __post_init__(self):
-        import faiss
-
-        self.embeddings = normalise(self.embeddings)
+        self.embeddings = unit_rows(self.embeddings)
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if len(self.labels) != len(self.embeddings):
             raise MapError(f"{len(self.embeddings)} embeddings but {len(self.labels)} labels")
@@ -68,7 +69,7 @@ class TopoMap:
         """(similarities, entry indices), each Q x k, nearest first."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
             raise MapError(f"k={k!r} must be an integer in 1..{len(self)} (the map's size)")
-        queries = normalise(vectors)
+        queries = unit_rows(vectors)
         if queries.shape[1] != self.embeddings.shape[1]:
             raise MapError(f"query width {queries.shape[1]} does not match the map's {self.embeddings.shape[1]}")
         sims, idx = self.index.search(queries, int(k))
@@ -90,7 +91,7 @@ class TopoMap:
         """Predicted category index per query by the logistic-regression router."""
         if not self.router:
             raise MapError("this map has no learned router; rebuild it with `dvc repro map`")
-        logits = normalise(vectors) @ self.router["coef"].T + self.router["intercept"]
+        logits = unit_rows(vectors) @ self.router["coef"].T + self.router["intercept"]
         return logits.argmax(1)
 
     def predict(self, vectors: np.ndarray, k: int, router: str = "knn") -> np.ndarray:
@@ -111,8 +112,6 @@ class TopoMap:
 
     def save(self, folder: Path | str) -> None:
         """Write the map folder atomically."""
-        import faiss
-
         arrays = {"labels": self.labels, "categories": np.array(self.categories)}
         if self.importance is not None:
             arrays["importance"] = np.asarray(self.importance, dtype=np.float32)
@@ -129,8 +128,6 @@ class TopoMap:
     @classmethod
     def load(cls, folder: Path | str, model_identity: dict | None = None) -> "TopoMap":
         """Read a map folder; with `model_identity`, refuse a map built for another model."""
-        import faiss
-
         folder = Path(folder)
         meta_path = folder / "map.json"
         if not meta_path.is_file():
@@ -175,15 +172,12 @@ def centroid_recall(topo: TopoMap, k: int = 10) -> dict[str, float]:
     return out
 
 
-def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, seed: int, c: float = 1.0) -> dict:
+def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, c: float = 1.0) -> dict:
     """Multinomial logistic regression on standardised, normalised embeddings, folded back into
     one linear map {coef (C x H), intercept (C)} that applies to normalised embeddings."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    x = normalise(embeddings)
+    x = unit_rows(embeddings)
     scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    clf = LogisticRegression(C=c, max_iter=3000)  # lbfgs: deterministic, no random state to set
     clf.fit(scaler.transform(x), labels)
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # two classes: sklearn keeps one row
@@ -192,3 +186,33 @@ def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, seed: int, c:
     folded = coef / scale
     return {"coef": folded.astype(np.float32),
             "intercept": (intercept - folded @ scaler.mean_).astype(np.float32)}
+
+
+def load_embeddings(path: Path | str, corpus_path: Path | str) -> tuple[np.ndarray, dict]:
+    """(embeddings, identity) from the embed stage, checked to be aligned with the corpus."""
+    data = load_npz(path, "router embeddings", "embed")
+    if sha256_file(Path(corpus_path)) != str(data["corpus_sha256"]):
+        raise MapError(f"{path} was computed from a different {corpus_path}; rerun `dvc repro embed`")
+    return data["embeddings"], json.loads(str(data["identity"]))
+
+
+def load_importance(path: Path | str, categories: list[str], n_layers: int) -> np.ndarray:
+    """The chosen normalised importance (categories x layers) from the importance stage, checked."""
+    data = load_npz(path, "layer importance", "importance")
+    found = [str(c) for c in data["categories"]]
+    if found != categories:
+        raise MapError(f"{path} has categories {found}, the corpus has {categories}; rerun `dvc repro importance`")
+    if data["importance"].shape != (len(categories), n_layers):
+        raise MapError(f"{path} has shape {data['importance'].shape}, expected {(len(categories), n_layers)}; "
+                       "rerun `dvc repro importance`")
+    return data["importance"]
+
+
+def build_map(rows: list[dict], vectors: np.ndarray, identity: dict, learned_c: float,
+              importance: np.ndarray | None = None) -> TopoMap:
+    """The map over the `map` split, with its learned router fitted on the same entries."""
+    categories = sorted({r["category"] for r in rows})
+    on_map = np.array([r["split"] == "map" for r in rows])
+    labels = np.array([categories.index(r["category"]) for r in rows])
+    router = fit_learned_router(vectors[on_map], labels[on_map], c=learned_c)
+    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router)

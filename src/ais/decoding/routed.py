@@ -16,11 +16,13 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from ais.plan import SkipSettings, make_plan, select_layers
-from ais.decode import context_length, encode_prompts
-from ais.router import pool, router_embedding
-from ais.skip import NO_SKIP, SkipPlan, decoder_layers, skipping
-from ais.topomap import MapError, TopoMap
+from ais.decoding.greedy import greedy_continue
+from ais.model.gating import NO_SKIP, SkipPlan, decoder_layers, group_by_plan, skipping
+from ais.model.loading import model_identity
+from ais.model.prompts import context_length, encode_prompts
+from ais.routing.embedding import pool, router_embedding
+from ais.routing.plans import MODES, SkipSettings, make_plan, select_layers
+from ais.routing.topomap import MapError, TopoMap
 
 
 @dataclass
@@ -73,72 +75,89 @@ def _rows(ctx: dict, rows: list[int]) -> dict:
 
 
 class RoutedDecoder:
-    """Routes prompts with the map and runs the model under each prompt's plan."""
+    """Routes prompts with the map and runs the model under each prompt's plan.
 
-    def __init__(self, model, topo: TopoMap, settings: SkipSettings, k: int = 10, router: str = "knn"):
-        from ais.model import model_identity
+    `mode` (hard | soft | full) chooses what a route's plan does with its category's layers;
+    None means the settings' mode (params.yaml `skip.mode`); `full` routes but skips nothing."""
 
+    def __init__(self, model, topo: TopoMap, settings: SkipSettings, k: int = 10, router: str = "knn",
+                 batch_size: int = 16):
         topo.check_model(model_identity(model))
         if topo.importance is None:
             raise MapError("the map has no layer importance attached; run `dvc repro` (importance -> map)")
+        if router not in ("knn", "learned"):
+            raise MapError(f"router.kind={router!r} must be 'knn' or 'learned'")
         self.model, self.topo, self.settings, self.k, self.router = model, topo, settings, k, router
+        self.batch_size = batch_size
         self.pivot = int(topo.identity["pivot_layer"])
         self.pooling = topo.identity.get("pooling", "last")
 
-    def plan_for(self, category: str, fraction: float | None = None, mode: str | None = None) -> SkipPlan:
-        """The skip plan of a category (its lowest-importance layers at or past the pivot)."""
+    def layers_for(self, category: str, fraction: float | None = None) -> list[int]:
+        """The layers a category's plan skips (its lowest-importance layers at or past the pivot)."""
         importance = self.topo.importance[self.topo.categories.index(category)]
-        layers = select_layers(importance, self.pivot, self.settings, fraction)
-        return make_plan(layers, mode or self.settings.mode, self.settings.alpha)
+        return select_layers(importance, self.pivot, self.settings, fraction)
 
-    def route_embeddings(self, vectors: np.ndarray) -> list[Route]:
-        """Routes for pooled router embeddings (Q x hidden)."""
-        sims, idx = self.topo.search(vectors, self.k)
-        predicted = self.topo.predict(vectors, self.k, self.router)
+    def plan_for(self, category: str, fraction: float | None = None, mode: str | None = None) -> SkipPlan:
+        """The skip plan of a category in `mode` (default: the settings' mode)."""
+        mode = mode or self.settings.mode
+        if mode == "full":
+            return NO_SKIP
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} must be one of full, {', '.join(MODES)}")
+        return make_plan(self.layers_for(category, fraction), mode, self.settings.alpha)
+
+    def route_embeddings(self, vectors: np.ndarray, mode: str | None = None) -> list[Route]:
+        """Routes for pooled router embeddings (Q x hidden). The k-NN router searches the index
+        once; the learned router does not search it at all (its routes carry no neighbours)."""
+        if self.router == "learned":
+            predicted, sims, idx = self.topo.predict_learned(vectors), None, None
+        else:
+            sims, idx = self.topo.search(vectors, self.k)
+            predicted = self.topo.vote(sims, idx).argmax(1)
         routes = []
         for q, c in enumerate(predicted):
             category = self.topo.categories[int(c)]
-            routes.append(Route(category, idx[q].tolist(), [round(float(s), 4) for s in sims[q]],
-                                self.plan_for(category)))
+            neighbours = idx[q].tolist() if idx is not None else []
+            similarities = [round(float(v), 4) for v in sims[q]] if sims is not None else []
+            routes.append(Route(category, neighbours, similarities, self.plan_for(category, mode=mode)))
         return routes
 
-    def route_prompts(self, tokenizer, prompts: list[str], batch_size: int = 16) -> list[Route]:
-        """Routes of chat prompts, batch by batch (the router forward only)."""
+    def route_prompts(self, tokenizer, prompts: list[str], mode: str | None = None) -> list[Route]:
+        """Routes of chat prompts, `batch_size` at a time (the router forward only)."""
         vectors = []
-        for start in range(0, len(prompts), batch_size):
-            batch = encode_prompts(tokenizer, prompts[start:start + batch_size], self.model.device,
+        for start in range(0, len(prompts), self.batch_size):
+            batch = encode_prompts(tokenizer, prompts[start:start + self.batch_size], self.model.device,
                                    context_length(self.model))
             vectors.append(router_embedding(self.model, batch, self.pivot, self.pooling).cpu().numpy())
-        return self.route_embeddings(np.concatenate(vectors))
+        return self.route_embeddings(np.concatenate(vectors), mode)
 
     @torch.inference_mode()
-    def prefix(self, batch: dict, cache=None):
+    def prefix(self, batch: dict, cache=None, mode: str | None = None):
         """Run layers below the pivot once: (hidden at pivot, per-layer context, routes)."""
         embeds, ctx = _context(self.model, batch, cache)
         hidden = run_layers(self.model, embeds, ctx, 0, self.pivot)
         pooled = pool(hidden, batch["attention_mask"], self.pooling).float().cpu().numpy()
-        return hidden, ctx, self.route_embeddings(pooled)
+        return hidden, ctx, self.route_embeddings(pooled, mode)
 
     @torch.inference_mode()
-    def next_token_logits(self, batch: dict) -> tuple[torch.Tensor, list[Route]]:
+    def next_token_logits(self, batch: dict, mode: str | None = None) -> tuple[torch.Tensor, list[Route]]:
         """Routed last-position logits (B x vocab): the router's layers are not run twice."""
-        hidden, ctx, routes = self.prefix(batch)
+        hidden, ctx, routes = self.prefix(batch, mode=mode)
         logits = torch.empty((hidden.shape[0], self.model.config.vocab_size), device=hidden.device)
         n_layers = len(decoder_layers(self.model))
-        for plan, rows in _group_by_plan(routes).items():
+        for plan, rows in group_by_plan(r.plan for r in routes).items():
             with skipping(self.model, plan):
                 sub = run_layers(self.model, hidden[rows], _rows(ctx, rows), self.pivot, n_layers)
             logits[rows] = _head(self.model, sub)
         return logits, routes
 
-
     @torch.inference_mode()
-    def generate(self, batch: dict, max_new_tokens: int, eos_token_id: int | None = None):
+    def generate(self, batch: dict, max_new_tokens: int, eos_token_id: int | None = None, mode: str | None = None):
         """Routed greedy generation with a KV cache: (new ids B x max_new_tokens, routes).
         The prefill below the pivot is shared by the router and the decoder."""
         cache = DynamicCache(config=self.model.config)
-        hidden, ctx, routes = self.prefix(batch, cache)
-        groups = _group_by_plan(routes)
+        hidden, ctx, routes = self.prefix(batch, cache, mode)
+        groups = group_by_plan(r.plan for r in routes)
         n_layers = len(decoder_layers(self.model))
         out = torch.empty((hidden.shape[0], max_new_tokens), dtype=torch.long, device=hidden.device)
         for plan, rows in groups.items():
@@ -152,49 +171,3 @@ class RoutedDecoder:
                 out[rows] = greedy_continue(self.model, first, batch["attention_mask"][rows], sub_cache,
                                             max_new_tokens, eos_token_id)
         return out, routes
-
-
-@torch.inference_mode()
-def greedy_continue(model, first: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
-                    eos_token_id: int | None = None, pad_token_id: int = 0) -> torch.Tensor:
-    """Greedy decoding from a filled cache, given the first new token of each row (B x max_new_tokens).
-    Rows that produced `eos_token_id` are padded with `pad_token_id` after it."""
-    tokens = [first]
-    done = first == eos_token_id if eos_token_id is not None else torch.zeros_like(first, dtype=torch.bool)
-    mask = attention_mask
-    for _ in range(max_new_tokens - 1):
-        if done.all():
-            tokens.append(torch.full_like(first, pad_token_id))
-            continue
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        logits = model(input_ids=tokens[-1][:, None], attention_mask=mask, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
-        if eos_token_id is not None:
-            done = done | (nxt == eos_token_id)
-        tokens.append(nxt)
-    return torch.stack(tokens, 1)
-
-
-@torch.inference_mode()
-def plain_generate(model, batch: dict, max_new_tokens: int, plan: SkipPlan = NO_SKIP,
-                   eos_token_id: int | None = None) -> torch.Tensor:
-    """Greedy generation with the same loop as the routed decoder, for an even-handed baseline."""
-    cache = DynamicCache(config=model.config)
-    with skipping(model, plan):
-        logits = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        return greedy_continue(model, logits.argmax(-1), batch["attention_mask"], cache, max_new_tokens, eos_token_id)
-
-
-def _group_by_plan(routes: list[Route]) -> dict[SkipPlan, list[int]]:
-    groups: dict[SkipPlan, list[int]] = {}
-    for i, route in enumerate(routes):
-        groups.setdefault(route.plan, []).append(i)
-    return groups
-
-
-@torch.inference_mode()
-def plain_next_token_logits(model, batch: dict) -> torch.Tensor:
-    """The unmodified model's last-position logits, the baseline the routed decoder is timed against."""
-    return model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ais.benchmark import synchronize
-from ais.decoder import layer_kwargs, run_layers
-from ais.skip import SkipPlan, decoder_layers, skipping
+from ais.device import synchronize
+from ais.decoding.routed import layer_kwargs, run_layers
+from ais.model.gating import SkipPlan, decoder_layers, skipping
 
 
 @dataclass
@@ -186,6 +186,26 @@ class RoutedDraft(Drafter):
         else:
             target = self.threshold - STEP
         self.threshold = min(1.0, max(0.0, THRESHOLD_MOMENTUM * self.threshold + (1 - THRESHOLD_MOMENTUM) * target))
+
+
+DRAFTERS = ("none", "routed_skip", "prompt_lookup")  # a category chooses among these
+# routed_skip without one of its two refinements, measured to show what each buys
+ABLATIONS = ("routed_skip_fixed_threshold", "routed_skip_no_shared_prefix")
+
+
+def make_drafter(name: str, plan, confidence: float, ngram: int):
+    """A fresh drafter (the routed ones adapt their threshold within one generation)."""
+    if name == "none":
+        return NoDraft()
+    if name == "routed_skip":
+        return RoutedDraft(plan, confidence)
+    if name == "routed_skip_fixed_threshold":
+        return RoutedDraft(plan, confidence, adaptive=False)
+    if name == "routed_skip_no_shared_prefix":
+        return RoutedDraft(plan, confidence, share_prefix=False)
+    if name == "prompt_lookup":
+        return PromptLookup(ngram)
+    raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS + ABLATIONS)}")
 
 
 @torch.inference_mode()

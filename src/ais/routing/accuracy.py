@@ -1,45 +1,14 @@
-"""Building the map from the corpus embeddings and measuring how well it routes."""
+"""How well the map routes: homogeneity, silhouette, both routers' accuracy and cost, and the
+pivot-layer sweep."""
 from __future__ import annotations
 
-import json
+import random
 import time
-from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import silhouette_score
 
-from ais.atomic import load_npz
-from ais.model import sha256_file
-from ais.topomap import MapError, TopoMap, centroid_recall, fit_learned_router, knn_homogeneity
-
-
-def load_embeddings(path: Path | str, corpus_path: Path | str) -> tuple[np.ndarray, dict]:
-    """(embeddings, identity) from the embed stage, checked to be aligned with the corpus."""
-    data = load_npz(path, "router embeddings", "embed")
-    if sha256_file(Path(corpus_path)) != str(data["corpus_sha256"]):
-        raise MapError(f"{path} was computed from a different {corpus_path}; rerun `dvc repro embed`")
-    return data["embeddings"], json.loads(str(data["identity"]))
-
-
-def load_importance(path: Path | str, categories: list[str], n_layers: int) -> np.ndarray:
-    """The chosen normalised importance (categories x layers) from the importance stage, checked."""
-    data = load_npz(path, "layer importance", "importance")
-    found = [str(c) for c in data["categories"]]
-    if found != categories:
-        raise MapError(f"{path} has categories {found}, the corpus has {categories}; rerun `dvc repro importance`")
-    if data["importance"].shape != (len(categories), n_layers):
-        raise MapError(f"{path} has shape {data['importance'].shape}, expected {(len(categories), n_layers)}; "
-                       "rerun `dvc repro importance`")
-    return data["importance"]
-
-
-def build_map(rows: list[dict], vectors: np.ndarray, identity: dict, seed: int, learned_c: float,
-              importance: np.ndarray | None = None) -> TopoMap:
-    """The map over the `map` split, with its learned router fitted on the same entries."""
-    categories = sorted({r["category"] for r in rows})
-    on_map = np.array([r["split"] == "map" for r in rows])
-    labels = np.array([categories.index(r["category"]) for r in rows])
-    router = fit_learned_router(vectors[on_map], labels[on_map], seed=seed, c=learned_c)
-    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router)
+from ais.routing.topomap import TopoMap, centroid_recall, knn_homogeneity
 
 
 def _per_second(fn, repeats: int = 5) -> float:
@@ -54,8 +23,6 @@ def _per_second(fn, repeats: int = 5) -> float:
 def routing_metrics(topo: TopoMap, rows: list[dict], vectors: np.ndarray, k: int, homogeneity_k: int):
     """(metrics dict, per-category rows): homogeneity, silhouette, centroid recall, and both
     routers' accuracy on the held-out and held-out-by-task splits, with their cost per prompt."""
-    from sklearn.metrics import silhouette_score
-
     recall = centroid_recall(topo, homogeneity_k)
     metrics = {
         "n_map": len(topo), "n_categories": len(topo.categories), "chance": round(1 / len(topo.categories), 4),
@@ -94,8 +61,6 @@ def router_cost(topo: TopoMap, queries: np.ndarray, k: int) -> dict:
 def sweep_sample(rows: list[dict], per_category: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(map rows, held-out rows) for the pivot sweep: `per_category` random map prompts and the
     first `per_category // 2` of each held-out split, per category."""
-    import random
-
     rng = random.Random(seed)
     categories = sorted({r["category"] for r in rows})
     sample, held = [], []

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ais.atomic import atomic_file  # noqa: E402
+from ais.files import atomic_file  # noqa: E402
 
 
 def save_figure(fig, path: Path | str) -> None:
@@ -79,7 +79,7 @@ def plot_frontier(rows: list[dict], path: Path | str, title: str) -> None:
     axes[0].set_xlabel("measured prefill speedup (x, vs full model)")
     axes[0].set_ylabel("top-1 agreement with full model")
     axes[0].axhline(0.95, color="grey", ls="--", lw=1)
-    axes[1].set_xlabel("fraction of layers hard-skipped")
+    axes[1].set_xlabel(f"fraction of layers {rows[0].get('mode', 'hard')}-skipped")
     axes[1].set_ylabel("KL(full || skipped)")
     axes[1].set_yscale("symlog", linthresh=0.1)
     for ax in axes:

@@ -1,11 +1,8 @@
-"""Forward passes and generation under a skip plan, for batches of chat prompts."""
+"""Prompts as the model sees them: checked text, one chat-template user turn, left-padded batches."""
 from __future__ import annotations
 
 import warnings
 
-import torch
-
-from ais.skip import NO_SKIP, SkipPlan, skipping
 
 
 class PromptError(ValueError):
@@ -56,32 +53,7 @@ def context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048))
 
 
-@torch.inference_mode()
-def last_token_logits(model, batch: dict, plan: SkipPlan = NO_SKIP) -> torch.Tensor:
-    """Next-token logits (B x vocab, float32) at the last position of each left-padded row."""
-    with skipping(model, plan):
-        out = model(**batch, use_cache=False)
-    return out.logits[:, -1, :].float()
-
-
-@torch.inference_mode()
-def generate_ids(model, batch: dict, plan: SkipPlan = NO_SKIP, max_new_tokens: int = 32, use_cache: bool = True,
-                 eos_token_id=None) -> torch.Tensor:
-    """Greedy continuation token ids (B x new), KV-cached by default; rows that ended are padded."""
-    kwargs = {}
-    if eos_token_id is not None:
-        kwargs["eos_token_id"] = eos_token_id
-    with skipping(model, plan):
-        out = model.generate(
-            **batch, do_sample=False, max_new_tokens=max_new_tokens, use_cache=use_cache,
-            pad_token_id=model.generation_config.pad_token_id or 0, top_p=None, top_k=None, temperature=None,
-            **kwargs,
-        )
-    return out[:, batch["input_ids"].shape[1]:]
-
-
-def generate_text(model, tokenizer, prompts: list[str], plan: SkipPlan = NO_SKIP, max_new_tokens: int = 32) -> list[str]:
-    """Greedy replies to chat prompts under `plan`."""
-    batch = encode_prompts(tokenizer, prompts, model.device, context_length(model) - max_new_tokens)
-    new = generate_ids(model, batch, plan, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.batch_decode(new, skip_special_tokens=True)
+def chat_ids(tokenizer, prompt: str, limit: int) -> list[int]:
+    """Token ids of one chat prompt (batch of one, no padding), its last `limit` tokens."""
+    ids = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    return ids[-limit:]

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ais.quality import block_influence, compare, make_reference
-from ais.skip import SkipPlan
+from ais.evaluation.quality import block_influence, compare, make_reference
+from ais.model.gating import SkipPlan
 
 METHODS = ("single", "group", "block_influence")
 
@@ -55,7 +55,7 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
             "categories": np.array(categories), "groups": np.array([g[0] for g in groups])}
 
 
-def normalise(raw: np.ndarray, protected=(0,)) -> np.ndarray:
+def minmax_per_category(raw: np.ndarray, protected=(0,)) -> np.ndarray:
     """Min-max per category over the measured layers, to [0, 1]; protected layers are set to 1."""
     out = np.zeros_like(raw, dtype=np.float64)
     for c in range(raw.shape[0]):

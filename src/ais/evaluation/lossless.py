@@ -7,33 +7,10 @@ import torch
 from transformers import DynamicCache
 from tqdm import tqdm
 
-from ais.benchmark import time_interleaved
-from ais.decode import chat_text, context_length
-from ais.speculative import NoDraft, PromptLookup, RoutedDraft, forward_tokens, speculative_generate, truncate_cache
-
-DRAFTERS = ("none", "routed_skip", "prompt_lookup")  # a category chooses among these
-# routed_skip without one of its two refinements, measured to show what each buys
-ABLATIONS = ("routed_skip_fixed_threshold", "routed_skip_no_shared_prefix")
-
-
-def prompt_ids(tokenizer, prompt: str, limit: int) -> list[int]:
-    ids = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    return ids[-limit:]
-
-
-def make_drafter(name: str, plan, confidence: float, ngram: int):
-    """A fresh drafter (the routed ones adapt their threshold within one generation)."""
-    if name == "none":
-        return NoDraft()
-    if name == "routed_skip":
-        return RoutedDraft(plan, confidence)
-    if name == "routed_skip_fixed_threshold":
-        return RoutedDraft(plan, confidence, adaptive=False)
-    if name == "routed_skip_no_shared_prefix":
-        return RoutedDraft(plan, confidence, share_prefix=False)
-    if name == "prompt_lookup":
-        return PromptLookup(ngram)
-    raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS + ABLATIONS)}")
+from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, speculative_generate,
+                                     truncate_cache)
+from ais.evaluation.timing import time_interleaved
+from ais.model.prompts import chat_ids, context_length
 
 
 @torch.inference_mode()
@@ -80,7 +57,7 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
     eos = tokenizer.eos_token_id
     names = DRAFTERS + ABLATIONS
     limit = context_length(model) - max_new_tokens - gamma - 1
-    warm = prompt_ids(tokenizer, "Hello", limit)
+    warm = chat_ids(tokenizer, "Hello", limit)
     for name in names:  # warm-up of every code path
         speculative_generate(model, warm, 4, make_drafter(name, decoder.plan_for(decoder.topo.categories[0], mode="hard"),
                                                           confidence, ngram), gamma)
@@ -91,7 +68,7 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
         routes = decoder.route_prompts(tokenizer, prompts_by_category[category])
         for prompt, route in zip(prompts_by_category[category], routes):
             plan = decoder.plan_for(route.category, draft_fraction, mode="hard")
-            ids = prompt_ids(tokenizer, prompt, limit)
+            ids = chat_ids(tokenizer, prompt, limit)
             reference = None
             for name in names:
                 drafter = make_drafter(name, plan, confidence, ngram)
@@ -120,7 +97,7 @@ def measure(decoder, tokenizer, prompts_by_category: dict[str, list[str]], gamma
                                   "n_prompts": len(prompts_by_category[category]), "drafters": row}
     base = overall_totals["none"]["tokens"] / overall_totals["none"]["seconds"]
     exact = [e for t in overall_totals.values() for e in t["exact"]]
-    cost = verify_cost(model, prompt_ids(tokenizer, prompts_by_category[sorted(prompts_by_category)[0]][0], limit), gamma + 1)
+    cost = verify_cost(model, chat_ids(tokenizer, prompts_by_category[sorted(prompts_by_category)[0]][0], limit), gamma + 1)
     overall = {"exact_match_all_drafters": round(float(np.mean(exact)), 4), "n_generations": len(exact),
                "drafters": {name: _summary(t, base) for name, t in overall_totals.items()},
                "verify_ms_by_tokens": cost,

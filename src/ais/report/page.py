@@ -35,14 +35,18 @@ def build_report(reports: Path, params: dict) -> str:
     if frontier:
         out += ["## Quality vs speed (stage `frontier`)", "",
                 "Top-1 agreement and KL against the full model (teacher-forced on its own greedy continuation) "
-                "on held-out prompts, next to the prefill speedup measured for that many hard-skipped layers.", "",
+                f"on held-out prompts, every plan in `skip.mode` ({frontier[0].get('mode', 'hard')}), next to the "
+                "prefill speedup measured for that many skipped layers (soft skipping saves no compute).", "",
                 "![frontier](frontier.png)", "",
                 _table(["method", "layers skipped", "top-1", "KL", "speedup", "ideal"],
                        [[r["method"], r["n_skipped"], r["top1"], r["kl"], r["speedup"], r["ideal_speedup"]] for r in frontier]), ""]
     validate = _json(reports / "validate.json")
     if validate:
-        rows = [[name, validate[f"{name}_top1"], validate[f"{name}_top5"], validate[f"{name}_kl"],
-                 validate[f"{name}_categories_passing"]] for name in ("routed_hard", "routed_soft", "global_hard", "random_hard")]
+        mode = validate["mode"]
+        other = "soft" if mode == "hard" else "hard"
+        rows = [[f"{name} ({mode if name != f'routed_{other}' else other})", validate[f"{name}_top1"],
+                 validate[f"{name}_top5"], validate[f"{name}_kl"], validate[f"{name}_categories_passing"]]
+                for name in ("routed", "global", "random", f"routed_{other}")]
         out += ["## Routed skipping on held-out prompts (stage `validate`)", "",
                 f"{validate['n_prompts']} prompts; routing accuracy {validate['routing_accuracy']}; "
                 f"{validate['skipped_fraction']:.0%} of layers skipped per prompt; "
@@ -58,6 +62,7 @@ def build_report(reports: Path, params: dict) -> str:
         out += ["## Throughput (stage `throughput`)", "",
                 f"{throughput['device']}, {throughput['dtype']}, {throughput['threads']} threads; medians of "
                 f"{throughput['repeats']} repeats after {throughput['warmup']} warm-ups, device synchronised; "
+                f"routed plans in `skip.mode` ({throughput.get('mode', 'hard')}); "
                 "the router's cost is included in the routed numbers.", "",
                 _table(["prefill", "full req/s", "routed req/s", "speedup", "static plan", "ideal", "router / full"], pre), "",
                 _table(["generation", "full tok/s", "routed tok/s", "speedup", "ideal"], gen), ""]
@@ -98,13 +103,16 @@ def build_report(reports: Path, params: dict) -> str:
     mc = _json(reports / "multiple_choice.json")
     if mc:
         rows = []
+        mode = next(iter(mc.values()))["mode"]
+        other = "soft" if mode == "hard" else "hard"
         for name, r in mc.items():
             for scoring in ("letter", "loglik"):
                 rows.append([name, scoring, r["n"], r["chance"], r[f"{scoring}_full_accuracy"],
-                             r[f"{scoring}_routed_hard_accuracy"], r[f"{scoring}_routed_hard_agreement"],
-                             r[f"{scoring}_routed_soft_accuracy"], r[f"{scoring}_routed_soft_agreement"]])
+                             r[f"{scoring}_routed_accuracy"], r[f"{scoring}_routed_agreement"],
+                             r[f"{scoring}_routed_{other}_accuracy"], r[f"{scoring}_routed_{other}_agreement"]])
         out += ["## Multiple choice (stage `multiple_choice`)", "",
-                _table(["benchmark", "scoring", "n", "chance", "full", "hard", "hard agrees", "soft", "soft agrees"], rows), "",
+                _table(["benchmark", "scoring", "n", "chance", "full", f"routed ({mode})", "agrees with full",
+                        f"routed ({other})", "agrees with full"], rows), "",
                 "Chosen-letter distributions are in `multiple_choice.json`.", ""]
     routing = _json(reports / "map.json")
     if routing:

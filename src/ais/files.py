@@ -1,13 +1,20 @@
-"""Atomic writes: every output is written to a temporary name beside it, then renamed,
-so a stage killed half-way leaves the previous output intact and DVC never caches half a file."""
+"""Reading and writing artifacts. Every output is written to a temporary name beside it, then
+renamed, so a stage killed half-way leaves the previous output intact and DVC never caches half a
+file; reads of a missing or corrupt artifact name the stage that rebuilds it."""
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -63,14 +70,29 @@ def write_json(path: Path | str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def write_csv(path: Path | str, rows: list[dict]) -> None:
+    """Rows of dicts as CSV (columns in first-seen order); None is written as an empty cell."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_npz(path: Path | str, **arrays) -> None:
     """np.savez, but atomic and byte-deterministic (fixed zip timestamps), so equal arrays give
     identical files and DVC sees no change when nothing changed."""
-    import io
-    import zipfile
-
-    import numpy as np
-
     with atomic_file(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for name in sorted(arrays):
@@ -83,10 +105,6 @@ def save_npz(path: Path | str, **arrays) -> None:
 
 def load_npz(path: Path | str, what: str, stage: str) -> dict:
     """All arrays of an npz, with a clear error naming the stage to rerun if missing or corrupt."""
-    import zipfile
-
-    import numpy as np
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found: run `dvc repro {stage}` first")

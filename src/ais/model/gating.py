@@ -125,6 +125,14 @@ def current_plan(model) -> SkipPlan:
     return getattr(model, "_ais_plan", NO_SKIP)
 
 
+def group_by_plan(plans) -> dict[SkipPlan, list[int]]:
+    """Row indices per distinct plan, in first-seen order: rows that share a plan run as one sub-batch."""
+    groups: dict[SkipPlan, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(plan, []).append(i)
+    return groups
+
+
 @contextmanager
 def skipping(model, plan: SkipPlan):
     """Apply `plan` for the duration of a `with` block, then restore the previous plan."""

@@ -1,14 +1,16 @@
-"""Does routed skipping preserve the output? Held-out prompts, per category, under several plans:
-routed hard, the same layers soft-skipped, and controls with the same number of layers chosen
-at random or by one global plan (the pooled importance of all categories)."""
+"""Does routed skipping preserve the output? Held-out prompts, per category, under several plans,
+all in `skip.mode`: routed, and controls with the same number of layers chosen at random or by
+one global plan (the pooled importance of all categories); plus the routed layers in the other
+mode (hard vs soft)."""
 from __future__ import annotations
 
 import numpy as np
 from tqdm import tqdm
 
-from ais.decoder import RoutedDecoder
-from ais.plan import lowest_layers, make_plan, random_layers, candidate_layers
-from ais.quality import compare, make_reference
+from ais.decoding.routed import RoutedDecoder
+from ais.evaluation.quality import compare, make_reference
+from ais.model.gating import group_by_plan
+from ais.routing.plans import OTHER_MODE, candidate_layers, lowest_layers, make_plan, random_layers
 
 PASS_TOP1 = 0.95  # the original's criterion for a category to pass
 
@@ -25,10 +27,7 @@ def score_plans(model, ref, plans_per_row: dict[str, list]) -> dict[str, dict[st
     out = {}
     for name, plans in plans_per_row.items():
         rows = {"kl": np.zeros(len(plans)), "top1": np.zeros(len(plans)), "top5": np.zeros(len(plans))}
-        groups: dict = {}
-        for i, plan in enumerate(plans):
-            groups.setdefault(plan, []).append(i)
-        for plan, members in groups.items():
+        for plan, members in group_by_plan(plans).items():
             sub = ref if len(members) == len(plans) else ref.rows(members)
             scores = compare(model, sub, plan)
             for key in rows:
@@ -39,8 +38,10 @@ def score_plans(model, ref, plans_per_row: dict[str, list]) -> dict[str, dict[st
 
 def validate(decoder: RoutedDecoder, tokenizer, prompts_by_category: dict[str, list[str]], n_continuation: int,
              seed: int, progress: bool = True):
-    """(overall metrics, per-category rows) for routed hard / routed soft / random hard / global hard."""
+    """(overall metrics, per-category rows) for routed / random / global in `skip.mode`, and the
+    routed layers in the other mode (`routed_soft` when the mode is hard, `routed_hard` when soft)."""
     model, settings = decoder.model, decoder.settings
+    mode, other = settings.mode, OTHER_MODE[settings.mode]
     rng = np.random.default_rng(seed)
     n_layers = model.config.num_hidden_layers
     per_category, pooled = [], {}
@@ -50,11 +51,11 @@ def validate(decoder: RoutedDecoder, tokenizer, prompts_by_category: dict[str, l
         ref = make_reference(model, tokenizer, prompts, n_continuation)
         routed_layers = [r.plan.layers for r in routes]
         conditions = {
-            "routed_hard": [make_plan(ls, "hard", settings.alpha) for ls in routed_layers],
-            "routed_soft": [make_plan(ls, "soft", settings.alpha) for ls in routed_layers],
-            "random_hard": [make_plan(random_layers(n_layers, decoder.pivot, len(ls), rng), "hard", settings.alpha)
-                            for ls in routed_layers],
-            "global_hard": [make_plan(global_layers(decoder, len(ls)), "hard", settings.alpha) for ls in routed_layers],
+            "routed": [r.plan for r in routes],
+            "random": [make_plan(random_layers(n_layers, decoder.pivot, len(ls), rng), mode, settings.alpha)
+                       for ls in routed_layers],
+            "global": [make_plan(global_layers(decoder, len(ls)), mode, settings.alpha) for ls in routed_layers],
+            f"routed_{other}": [make_plan(ls, other, settings.alpha) for ls in routed_layers],
         }
         scores = score_plans(model, ref, conditions)
         row = {"category": category, "n": len(prompts),
@@ -69,7 +70,8 @@ def validate(decoder: RoutedDecoder, tokenizer, prompts_by_category: dict[str, l
         per_category.append(row)
     overall = {key: round(float(np.mean(values)), 4) for key, values in pooled.items()}
     overall["n_prompts"] = sum(r["n"] for r in per_category)
-    for name in ("routed_hard", "routed_soft", "random_hard", "global_hard"):
+    overall["mode"] = mode
+    for name in ("routed", "random", "global", f"routed_{other}"):
         overall[f"{name}_categories_passing"] = sum(r[f"{name}_top1"] >= PASS_TOP1 for r in per_category)
     overall["pass_criterion"] = f"top-1 agreement >= {PASS_TOP1}"
     return overall, per_category

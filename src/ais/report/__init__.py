@@ -1,0 +1,1 @@
+"""Reports: the generated results page (page) and its images (plots)."""
