@@ -7,8 +7,11 @@ from pathlib import Path
 
 import yaml
 
+# `git checkout -- params.yaml` is not enough: DVC rewrites the file and git's index in the same second with the
+# same size, so git believes the file unchanged and checks nothing out (git 2.39, DVC 3).
 RESTORE_HINT = ("params.yaml still holds the rejected value (`dvc exp run -S` writes it there before any stage "
-                "runs); put the file back with `git checkout -- params.yaml`")
+                "runs, and `git status` may not show it); put the file back with "
+                "`git show HEAD:params.yaml > params.yaml`")
 
 
 class ParamsError(ValueError):
