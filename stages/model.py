@@ -2,6 +2,7 @@
 import time
 from pathlib import Path
 
+from ais.device import cpu_has_native_bfloat16, pick_device, pick_dtype
 from ais.files import write_json
 from ais.model.loading import load_model, materialise
 from ais.params import get, load_params
@@ -19,4 +20,6 @@ if __name__ == "__main__":
     write_json("reports/model.json", {
         "n_layers": card["n_layers"], "hidden_size": card["hidden_size"],
         "load_seconds_from_source": round(source_s, 2), "load_seconds_from_checkpoint": round(checkpoint_s, 2),
+        "dtype": str(pick_dtype(get(params, "model.dtype"), pick_device(get(params, "model.device")))).removeprefix("torch."),
+        "cpu_native_bfloat16": cpu_has_native_bfloat16(),
     })

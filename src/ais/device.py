@@ -2,6 +2,10 @@
 (used by decoding, which times its own generations, and by the benchmarks)."""
 from __future__ import annotations
 
+import platform
+from functools import lru_cache
+from pathlib import Path
+
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -24,11 +28,28 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+@lru_cache(maxsize=1)
+def cpu_has_native_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (x86 AVX-512 BF16 or AMX, Arm BF16).
+    Without it torch emulates bfloat16: on a 2-core AVX2-only EPYC a 16x100-token prefill ran
+    at 82 tok/s in bfloat16 and 581 tok/s in float32 (greedy decoding: 17.8 vs 12.0 tok/s)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = set(cpuinfo.read_text(errors="ignore").split())
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on CPU and CUDA (decoding is memory-bound: half the bytes, ~2x tok/s
-    on the 2-core CPU, measured), float16 on MPS; names map to torch dtypes."""
+    """`auto` is bfloat16 on CUDA and on CPUs that compute it natively (decoding is memory-bound:
+    half the bytes, ~2x tok/s on such a 2-core CPU, measured), float32 on other CPUs (bfloat16 is
+    emulated there and prefill is ~7x slower), float16 on MPS; names map to torch dtypes."""
     if dtype == "auto":
-        return torch.float16 if device.type == "mps" else torch.bfloat16
+        if device.type == "mps":
+            return torch.float16
+        if device.type == "cpu" and not cpu_has_native_bfloat16():
+            return torch.float32
+        return torch.bfloat16
     if dtype not in DTYPES:
         raise DeviceError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
