@@ -16,8 +16,9 @@ if __name__ == "__main__":
     params = load_params()
     rows = read_corpus(CORPUS)
     vectors, identity = load_embeddings("data/embeddings.npz", CORPUS)
-    importance = load_importance("data/importance.npz", sorted({r["category"] for r in rows}), identity["n_layers"])
-    topo = build_map(rows, vectors, identity, learned_c=get(params, "map.learned_c"), importance=importance)
+    importance, pooled = load_importance("data/importance.npz", sorted({r["category"] for r in rows}), identity["n_layers"])
+    topo = build_map(rows, vectors, identity, learned_c=get(params, "map.learned_c"), importance=importance,
+                     global_importance=pooled)
     k = get(params, "router.k", hi=len(topo))
     metrics, per_category = routing_metrics(topo, rows, vectors, k, get(params, "map.homogeneity_k"))
     topo.save("data/map")

@@ -5,17 +5,16 @@ from pathlib import Path
 import torch
 
 from ais.api import load
-from ais.files import write_json
 from ais.evaluation.throughput import generation_benchmark, prefill_benchmark
-from ais.routing.corpus import read_corpus
+from ais.files import write_csv, write_json
 from ais.params import get
-from ais.files import write_csv
+from ais.routing.corpus import mixed_prompts, prompts_by_category, read_corpus
 
 if __name__ == "__main__":
     system = load()
     params = system.params
-    category = get(params, "throughput.category", choices=system.topo.categories)
-    prompts = [r["prompt"] for r in read_corpus(Path("data/corpus.jsonl"), split="heldout") if r["category"] == category]
+    by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "heldout")
+    prompts, _ = mixed_prompts(by_category, sum(len(p) for p in by_category.values()))  # categories interleaved
     warmup, repeats = get(params, "throughput.warmup"), get(params, "throughput.repeats")
     prefill = prefill_benchmark(system.decoder, system.tokenizer, prompts,
                                 get(params, "throughput.batch_sizes"), warmup, repeats)
@@ -27,7 +26,8 @@ if __name__ == "__main__":
     write_csv("reports/throughput_generate.csv", generation)
     write_json("reports/throughput.json", {
         "mode": system.decoder.settings.mode, "device": str(system.model.device), "dtype": str(system.model.dtype), "threads": torch.get_num_threads(),
-        "category": category, "repeats": repeats, "warmup": warmup,
+        "batches": "held-out prompts of all categories, one category after another", "repeats": repeats,
+        "warmup": warmup,
         "prefill": {f"B{r['batch_size']}": {k: r[k] for k in ("full_req_per_s", "routed_req_per_s", "speedup_routed",
                                                                "speedup_static_plan", "ideal_speedup",
                                                                "router_fraction_of_full")} for r in prefill},

@@ -36,14 +36,14 @@ def fake_inputs(task: str, n: int = 40) -> list[str]:
 SMALL = {
     "corpus": {"n": 36, "n_importance": 2, "n_heldout": 3, "n_heldout_task": 3, "max_chars": 120},
     "router": {"sweep_per_category": 4, "batch_size": 8, "k": 3},
-    "importance": {"n_continuation": 3},
     "validate": {"n_per_category": 3, "n_continuation": 3},
     "multiple_choice": {"benchmarks": ["arc_easy", "piqa"], "n_per_benchmark": 4},
     "throughput": {"category": "qa", "batch_sizes": [1, 2], "generate_batch_sizes": [1], "new_tokens": 3,
                    "warmup": 1, "repeats": 2, "generate_repeats": 1},
-    "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_batch": 2, "repeats": 2},
+    "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_batch": 3, "repeats": 2},
     "umap": {"n_neighbors": 5},
     "lossless": {"n_per_category": 1, "max_new_tokens": 8},
+    "importance": {"n_continuation": 3, "method": "greedy", "greedy_layers": 2},
     "model": {"dtype": "float32"},
 }
 
@@ -92,9 +92,22 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     assert (root / "reports/README.md").read_text().startswith("# Results")
     assert (root / "data/map/index.faiss").is_file() and (root / "reports/umap.png").is_file()
     assert before["corpus.json"]["splits"]["map"]["n"] == 36
+    # validate: both splits, the oracle control and paired intervals for every comparison
+    for split in ("heldout", "heldout_task"):
+        v = before["validate.json"][split]
+        assert v["n_prompts"] == 3 * 3 and "oracle_top1" in v
+        for key in ("routed_minus_global", "routed_minus_random", "routed_minus_oracle", "hard_minus_soft"):
+            assert v[f"{key}_top1_ci_low"] <= v[f"{key}_top1"] <= v[f"{key}_top1_ci_high"], key
+    prompts = (root / "reports/validate_prompts.csv").read_text().splitlines()
+    assert len(prompts) == 1 + 2 * 9 and "routed_top1" in prompts[0] and "n_scored" in prompts[0]
+    assert set(before["importance.json"]["split_half_spearman"]) == set(CATEGORIES)
+    frontier = before["frontier.json"]
+    assert set(frontier) == {"heldout", "heldout_task"} and "speedup" in frontier["heldout"]["routed@3"]
+    assert any(k.startswith("original_best_group@") for k in frontier["heldout"])
     # the embedded model, every drafter and ablation: the same tokens as plain greedy decoding
     lossless = before["lossless.json"]
-    assert lossless["exact_match_all_drafters"] == 1.0 and lossless["n_generations"] == 3 * 5
+    assert lossless["exact_match_drafted"] == 1.0 and lossless["n_drafted_generations"] == 2 * 3 * 4
+    assert lossless["n_calibration_prompts"] == lossless["n_test_prompts"] == 3
     assert set(lossless["drafters"]) == {"none", "routed_skip", "prompt_lookup", "routed_skip_fixed_threshold",
                                          "routed_skip_no_shared_prefix"}
     assert set(json.loads((root / "data/drafters.json").read_text())) == set(CATEGORIES)
@@ -119,14 +132,18 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     after = read_metrics(root)
     for stage in ("embed", "map", "importance", "lossless"):
         assert f"'{stage}' didn't change, skipping" in out, stage
-    soft = {k: v for k, v in after["validate.json"].items() if k.startswith("routed_soft") and k != "routed_soft_categories_passing"}
-    assert any(soft[k] != before["validate.json"][k] for k in soft), "soft-skip metrics did not move with alpha"
-    for key, value in after["validate.json"].items():
-        if not key.startswith("routed_soft"):
-            assert value == before["validate.json"][key], key
+    for split in ("heldout", "heldout_task"):
+        new, old = after["validate.json"][split], before["validate.json"][split]
+        soft = [k for k in new if k.startswith("routed_soft") and k != "routed_soft_categories_passing"]
+        assert any(new[k] != old[k] for k in soft), "soft-skip metrics did not move with alpha"
+        for key, value in new.items():
+            if not (key.startswith("routed_soft") or key.startswith("hard_minus_soft")):
+                assert value == old[key], key
     for name in ("map.json", "importance.json", "corpus.json"):
         assert after[name] == before[name], name
-    assert {k: v["top1"] for k, v in after["frontier.json"].items()} == {k: v["top1"] for k, v in before["frontier.json"].items()}
+    for split in ("heldout", "heldout_task"):
+        assert {k: v["top1"] for k, v in after["frontier.json"][split].items()} == \
+            {k: v["top1"] for k, v in before["frontier.json"][split].items()}
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff"], root, env)
     assert "routed_soft_kl" in diff
 
@@ -134,9 +151,10 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     run([sys.executable, "-m", "dvc", "exp", "run", "-S", "skip.mode=soft"], root, env)
     soft_run = read_metrics(root)
     assert soft_run["validate.json"]["mode"] == "soft" and soft_run["throughput.json"]["mode"] == "soft"
-    assert soft_run["validate.json"]["routed_top1"] == after["validate.json"]["routed_soft_top1"]
-    assert soft_run["validate.json"]["routed_hard_top1"] == after["validate.json"]["routed_top1"]
-    assert soft_run["validate.json"]["global_top1"] != after["validate.json"]["global_top1"]
+    soft_v, hard_v = soft_run["validate.json"]["heldout"], after["validate.json"]["heldout"]
+    assert soft_v["routed_top1"] == hard_v["routed_soft_top1"] and soft_v["routed_hard_top1"] == hard_v["routed_top1"]
+    assert soft_v["global_top1"] != hard_v["global_top1"]
+    assert soft_v["hard_minus_soft_top1"] == hard_v["hard_minus_soft_top1"]
     for name, result in soft_run["multiple_choice.json"].items():
         assert result["loglik_routed_accuracy"] == after["multiple_choice.json"][name]["loglik_routed_soft_accuracy"]
     frontier = (root / "reports/frontier.csv").read_text().splitlines()
@@ -155,7 +173,7 @@ def digest(path: Path) -> str:
 
 
 DETERMINISTIC = ["data/corpus.jsonl", "data/embeddings.npz", "data/importance.npz", "data/map", "reports/validate.json",
-                 "reports/map.json", "reports/corpus.json"]
+                 "reports/validate_prompts.csv", "reports/map.json", "reports/corpus.json"]
 
 
 def test_deterministic_stages_give_identical_bytes(small_repo):

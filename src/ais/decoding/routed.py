@@ -9,14 +9,14 @@ sub-batches, one per plan.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
 
 from ais.decoding.greedy import greedy_continue
+from ais.model.forward import layer_context, run_layers
 from ais.model.gating import NO_SKIP, SkipPlan, decoder_layers, group_by_plan, skipping
 from ais.model.loading import model_identity
 from ais.model.prompts import context_length, encode_prompts
@@ -33,31 +33,6 @@ class Route:
     neighbours: list[int] = field(default_factory=list)     # map entry indices, nearest first
     similarities: list[float] = field(default_factory=list)
     plan: SkipPlan = NO_SKIP
-
-
-def layer_kwargs(model, hidden, cache, attention_mask=None, layer: int = 0) -> dict:
-    """The keyword arguments LlamaModel.forward passes to each decoder layer, for `hidden` appended
-    after what cache layer `layer` holds (layers may hold different lengths while drafting)."""
-    past = cache.get_seq_length(layer) if cache is not None else 0
-    position_ids = (torch.arange(hidden.shape[1], device=hidden.device) + past).unsqueeze(0)
-    mask = create_causal_mask(config=model.model.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              past_key_values=cache, position_ids=position_ids, layer_idx=layer)
-    return {"attention_mask": mask, "position_ids": position_ids, "past_key_values": cache,
-            "use_cache": cache is not None,
-            "position_embeddings": model.model.rotary_emb(hidden, position_ids=position_ids)}
-
-
-def _context(model, batch: dict, cache):
-    """Embeddings and the per-layer keyword arguments LlamaModel.forward would build."""
-    embeds = model.model.embed_tokens(batch["input_ids"])
-    return embeds, layer_kwargs(model, embeds, cache, batch["attention_mask"])
-
-
-def run_layers(model, hidden, ctx, start: int, stop: int):
-    """Decoder layers start..stop-1 on `hidden` (under whatever skip plan is set)."""
-    for layer in decoder_layers(model)[start:stop]:
-        hidden = layer(hidden, **ctx)
-    return hidden
 
 
 def _head(model, hidden):
@@ -91,6 +66,11 @@ class RoutedDecoder:
         self.batch_size = batch_size
         self.pivot = int(topo.identity["pivot_layer"])
         self.pooling = topo.identity.get("pooling", "last")
+
+    def with_fraction(self, fraction: float) -> "RoutedDecoder":
+        """The same router and map with plans that skip `fraction` of the layers (the frontier)."""
+        settings = replace(self.settings, select="fraction", fraction=fraction)
+        return RoutedDecoder(self.model, self.topo, settings, self.k, self.router, self.batch_size)
 
     def layers_for(self, category: str, fraction: float | None = None) -> list[int]:
         """The layers a category's plan skips (its lowest-importance layers at or past the pivot)."""
@@ -134,7 +114,7 @@ class RoutedDecoder:
     @torch.inference_mode()
     def prefix(self, batch: dict, cache=None, mode: str | None = None):
         """Run layers below the pivot once: (hidden at pivot, per-layer context, routes)."""
-        embeds, ctx = _context(self.model, batch, cache)
+        embeds, ctx = layer_context(self.model, batch, cache)
         hidden = run_layers(self.model, embeds, ctx, 0, self.pivot)
         pooled = pool(hidden, batch["attention_mask"], self.pooling).float().cpu().numpy()
         return hidden, ctx, self.route_embeddings(pooled, mode)

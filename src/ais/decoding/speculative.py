@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from ais.device import synchronize
-from ais.decoding.routed import layer_kwargs, run_layers
+from ais.model.forward import layer_kwargs, run_layers
 from ais.model.gating import SkipPlan, decoder_layers, skipping
 
 

@@ -2,7 +2,9 @@
 greedy continuation: KL(full || skipped), top-1 agreement and top-5 overlap per position.
 
 Scoring a short continuation, not only the next token, is far less noisy (many positions per
-prompt) and measures what generation would see, without letting errors compound.
+prompt) and measures what generation would see, without letting errors compound. The continuation
+stops at the full model's end-of-sequence token: the position that predicts it is scored, later
+positions (text the model would never have written) are not.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ class Reference:
     columns (the last prompt token and the continuation but its last token)."""
 
     batch: dict                  # input_ids / attention_mask of prompt + continuation, left-padded
-    columns: slice               # the scored positions
-    full_logprobs: torch.Tensor  # B x n_scored x vocab, float32
+    columns: slice               # the positions computed for scoring
+    full_logprobs: torch.Tensor  # B x n_columns x vocab, float32
+    scored: torch.Tensor         # B x n_columns, 1.0 up to and including the end-of-sequence prediction
 
     def rows(self, rows: list[int]) -> "Reference":
         """The reference of some rows, without the padding columns none of them needs."""
@@ -30,7 +33,7 @@ class Reference:
         drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
         batch = {k: v[rows][:, drop:] for k, v in self.batch.items()}
         columns = slice(self.columns.start - drop, self.columns.stop - drop)
-        return Reference(batch, columns, self.full_logprobs[rows])
+        return Reference(batch, columns, self.full_logprobs[rows], self.scored[rows])
 
 
 @torch.inference_mode()
@@ -38,44 +41,60 @@ def make_reference(model, tokenizer, prompts: list[str], n_continuation: int) ->
     """Generate the full model's greedy continuation and record its next-token distributions."""
     batch = encode_prompts(tokenizer, prompts, model.device, context_length(model) - n_continuation - 1)
     prompt_len = batch["input_ids"].shape[1]
+    scored = torch.ones((batch["input_ids"].shape[0], max(1, n_continuation)), device=model.device)
     if n_continuation > 0:
-        # no early stop, so every row has the same number of scored positions
+        # generated without early stop (every row has the same columns), then masked after the end
         new = plain_generate(model, batch, n_continuation)
+        scored = eos_mask(new, tokenizer.eos_token_id)
         batch = {"input_ids": torch.cat([batch["input_ids"], new], 1),
                  "attention_mask": torch.cat([batch["attention_mask"], torch.ones_like(new)], 1)}
     columns = slice(prompt_len - 1, max(prompt_len, batch["input_ids"].shape[1] - 1))
-    return Reference(batch, columns, _logprobs(model, batch, columns, NO_SKIP))
+    return Reference(batch, columns, _logprobs(model, batch, columns, NO_SKIP), scored)
+
+
+def eos_mask(new_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """1.0 for each generated position up to and including the first end-of-sequence token, else 0.
+    Column c is the prediction of new token c, so the prediction of the end itself is scored."""
+    if eos_token_id is None:
+        return torch.ones(new_ids.shape, device=new_ids.device)
+    ended_before = (new_ids == eos_token_id).long().cumsum(1) - (new_ids == eos_token_id).long()
+    return (ended_before == 0).float()
 
 
 def _logprobs(model, batch, columns: slice, plan: SkipPlan) -> torch.Tensor:
+    """Log-probabilities at `columns` only: the vocabulary projection of the prompt's other
+    positions, which nothing scores, is not computed (`logits_to_keep`)."""
+    width = batch["input_ids"].shape[1]
     with skipping(model, plan):
-        logits = model(**batch, use_cache=False).logits
-    return torch.log_softmax(logits[:, columns].float(), dim=-1)
+        logits = model(**batch, use_cache=False, logits_to_keep=width - columns.start).logits
+    return torch.log_softmax(logits[:, : columns.stop - columns.start].float(), dim=-1)
 
 
 @torch.inference_mode()
 def compare(model, ref: Reference, plan: SkipPlan) -> dict:
-    """Per-prompt mean KL(full || plan), top-1 agreement and top-5 overlap (tensors of length B)."""
+    """Per-prompt mean over the scored positions of KL(full || plan), top-1 agreement and top-5
+    overlap (tensors of length B)."""
     logprobs = _logprobs(model, ref.batch, ref.columns, plan)
     full = ref.full_logprobs
     kl = (full.exp() * (full - logprobs)).sum(-1).clamp_min(0)
     top1 = (full.argmax(-1) == logprobs.argmax(-1)).float()
     top5_full, top5_skip = full.topk(5, -1).indices, logprobs.topk(5, -1).indices
     overlap = (top5_full.unsqueeze(-1) == top5_skip.unsqueeze(-2)).any(-1).float().mean(-1)
-    return {"kl": kl.mean(1), "top1": top1.mean(1), "top5": overlap.mean(1)}
+    weights = ref.scored / ref.scored.sum(1, keepdim=True)
+    return {"kl": (kl * weights).sum(1), "top1": (top1 * weights).sum(1), "top5": (overlap * weights).sum(1)}
 
 
 @torch.inference_mode()
 def block_influence(model, batch: dict) -> torch.Tensor:
-    """ShortGPT's Block Influence per layer: 1 - cos(layer input, layer output), averaged over the
-    batch's real tokens; a training-free prior (n_layers values, higher = the layer changes more)."""
-    mask = batch["attention_mask"].bool()
+    """ShortGPT's Block Influence per prompt and layer (B x n_layers): 1 - cos(layer input, layer
+    output), averaged over each row's real tokens; a training-free prior (higher = the layer changes more)."""
+    mask = batch["attention_mask"].float()
     values: dict[int, torch.Tensor] = {}
 
     def hook(idx):
         def record(module, args, output):
-            x_in, x_out = args[0][mask].float(), output[mask].float()
-            values[idx] = (1 - torch.nn.functional.cosine_similarity(x_in, x_out, dim=-1)).mean()
+            change = 1 - torch.nn.functional.cosine_similarity(args[0].float(), output.float(), dim=-1)
+            values[idx] = (change * mask).sum(1) / mask.sum(1)
         return record
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.model.layers)]
@@ -84,4 +103,4 @@ def block_influence(model, batch: dict) -> torch.Tensor:
     finally:
         for handle in handles:
             handle.remove()
-    return torch.stack([values[i] for i in range(len(values))])
+    return torch.stack([values[i] for i in range(len(values))], 1)

@@ -1,5 +1,6 @@
 """Throughput of the routed decoder against the full model: requests/s of one prefill forward and
-tokens/s of greedy generation, the router inside the clock."""
+tokens/s of greedy generation, the router inside the clock, on batches that mix categories (as
+real traffic would), the variants interleaved in a random order."""
 from __future__ import annotations
 
 import numpy as np

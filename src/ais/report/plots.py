@@ -68,13 +68,17 @@ def plot_importance(normalised: dict, raw: dict, categories: list[str], path: Pa
 
 
 def plot_frontier(rows: list[dict], path: Path | str, title: str) -> None:
-    """Top-1 agreement with the full model against measured prefill speedup, a line per method."""
+    """Top-1 agreement with the full model (95% interval over prompts) against the prefill speedup
+    measured for that plan (interquartile range over repeats), a line per method."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     methods = sorted({r["method"] for r in rows})
     for method in methods:
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n_skipped"])
+        pts = sorted((r for r in rows if r["method"] == method and "speedup" in r), key=lambda r: r["n_skipped"])
         style = dict(marker="o", ms=4) if len(pts) > 1 else dict(marker="*", ms=12, ls="none")
-        axes[0].plot([p["speedup"] for p in pts], [p["top1"] for p in pts], label=method, **style)
+        x, y = [p["speedup"] for p in pts], [p["top1"] for p in pts]
+        xerr = [[p["speedup"] - p["speedup_q1"] for p in pts], [p["speedup_q3"] - p["speedup"] for p in pts]]
+        yerr = [[p["top1"] - p["top1_ci_low"] for p in pts], [p["top1_ci_high"] - p["top1"] for p in pts]]
+        axes[0].errorbar(x, y, xerr=xerr, yerr=yerr, label=method, capsize=2, elinewidth=0.8, **style)
         axes[1].plot([p["fraction"] for p in pts], [p["kl"] for p in pts], label=method, **style)
     axes[0].set_xlabel("measured prefill speedup (x, vs full model)")
     axes[0].set_ylabel("top-1 agreement with full model")

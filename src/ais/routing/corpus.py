@@ -202,6 +202,20 @@ def prompts_by_category(rows: list[dict], split: str, n: int | None = None) -> d
     return out
 
 
+def mixed_prompts(prompts_by_category: dict[str, list[str]], size: int) -> tuple[list[str], list[str]]:
+    """`size` prompts taken one category at a time, as mixed traffic would arrive: (prompts, categories)."""
+    categories = sorted(prompts_by_category)
+    prompts, truth = [], []
+    depth = 0
+    while len(prompts) < size and any(depth < len(prompts_by_category[c]) for c in categories):
+        for c in categories:
+            if depth < len(prompts_by_category[c]) and len(prompts) < size:
+                prompts.append(prompts_by_category[c][depth])
+                truth.append(c)
+        depth += 1
+    return prompts, truth
+
+
 def corpus_summary(rows: list[dict]) -> dict:
     """Counts per split and category, for reports/corpus.json."""
     out = {"n_total": len(rows), "splits": {}}

@@ -50,6 +50,7 @@ class TopoMap:
     identity: dict                  # model identity + router settings the embeddings came from
     importance: np.ndarray | None = None   # C x n_layers, normalised to [0, 1] (1 = critical)
     router: dict = field(default_factory=dict)  # learned router: coef (C x H), intercept (C)
+    global_importance: np.ndarray | None = None  # n_layers: the same measure over all categories pooled
 
     def __post_init__(self):
         self.embeddings = unit_rows(self.embeddings)
@@ -115,6 +116,8 @@ class TopoMap:
         arrays = {"labels": self.labels, "categories": np.array(self.categories)}
         if self.importance is not None:
             arrays["importance"] = np.asarray(self.importance, dtype=np.float32)
+        if self.global_importance is not None:
+            arrays["global_importance"] = np.asarray(self.global_importance, dtype=np.float32)
         for key, value in self.router.items():
             arrays[f"router_{key}"] = value
         with atomic_dir(folder) as tmp:
@@ -149,7 +152,7 @@ class TopoMap:
             raise MapError(f"{folder / 'index.faiss'} holds {index.ntotal} entries but map.npz "
                            f"{len(arrays['labels'])} labels; rerun `dvc repro -f map`")
         topo = cls(index.reconstruct_n(0, index.ntotal), arrays["labels"], [str(c) for c in arrays["categories"]],
-                   meta["identity"], arrays.get("importance"), router)
+                   meta["identity"], arrays.get("importance"), router, arrays.get("global_importance"))
         if model_identity is not None:
             topo.check_model(model_identity)
         return topo
@@ -196,8 +199,9 @@ def load_embeddings(path: Path | str, corpus_path: Path | str) -> tuple[np.ndarr
     return data["embeddings"], json.loads(str(data["identity"]))
 
 
-def load_importance(path: Path | str, categories: list[str], n_layers: int) -> np.ndarray:
-    """The chosen normalised importance (categories x layers) from the importance stage, checked."""
+def load_importance(path: Path | str, categories: list[str], n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen normalised importance (categories x layers) from the importance stage, checked,
+    and the same measure over all categories pooled (layers), which the global plan uses."""
     data = load_npz(path, "layer importance", "importance")
     found = [str(c) for c in data["categories"]]
     if found != categories:
@@ -205,14 +209,16 @@ def load_importance(path: Path | str, categories: list[str], n_layers: int) -> n
     if data["importance"].shape != (len(categories), n_layers):
         raise MapError(f"{path} has shape {data['importance'].shape}, expected {(len(categories), n_layers)}; "
                        "rerun `dvc repro importance`")
-    return data["importance"]
+    if data.get("global_importance") is None or data["global_importance"].shape != (n_layers,):
+        raise MapError(f"{path} has no pooled (global) importance of {n_layers} layers; rerun `dvc repro importance`")
+    return data["importance"], data["global_importance"]
 
 
 def build_map(rows: list[dict], vectors: np.ndarray, identity: dict, learned_c: float,
-              importance: np.ndarray | None = None) -> TopoMap:
+              importance: np.ndarray | None = None, global_importance: np.ndarray | None = None) -> TopoMap:
     """The map over the `map` split, with its learned router fitted on the same entries."""
     categories = sorted({r["category"] for r in rows})
     on_map = np.array([r["split"] == "map" for r in rows])
     labels = np.array([categories.index(r["category"]) for r in rows])
     router = fit_learned_router(vectors[on_map], labels[on_map], c=learned_c)
-    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router)
+    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router, global_importance)
