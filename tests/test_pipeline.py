@@ -38,7 +38,7 @@ SMALL = {
     "router": {"sweep_per_category": 4, "batch_size": 8, "k": 3},
     "validate": {"n_per_category": 3, "n_continuation": 3},
     "multiple_choice": {"benchmarks": ["arc_easy", "piqa"], "n_per_benchmark": 4},
-    "throughput": {"category": "qa", "batch_sizes": [1, 2], "generate_batch_sizes": [1], "new_tokens": 3,
+    "throughput": {"batch_sizes": [1, 2], "generate_batch_sizes": [1], "new_tokens": 3,
                    "warmup": 1, "repeats": 2, "generate_repeats": 1},
     "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_batch": 3, "repeats": 2},
     "umap": {"n_neighbors": 5},

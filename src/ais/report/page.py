@@ -162,11 +162,11 @@ def build_report(reports: Path, params: dict) -> str:
                          v["drafters"]["prompt_lookup"]["speedup"], v["drafters"]["prompt_lookup"]["mean_accepted"]]
                         for c, v in lossless["per_category"].items()]), ""]
         if lossless.get("drafters"):
-            out += ["All categories pooled, every drafter (the two `routed_skip_*` rows are `routed_skip` without its "
+            out += ["All test prompts pooled, every drafter (the two `routed_skip_*` rows are `routed_skip` without its "
                     "adaptive threshold, or without reusing the layers below the lowest skipped one in the verify):", "",
                     _table(["drafter", "speedup", "acceptance rate", "accepted/step", "exact match",
                             "draft ms/token", "verify ms/step"],
-                           [[d, v["speedup"], v["acceptance_rate"], v["mean_accepted"], v["exact_match"],
+                           [[d, v["speedup"], v["acceptance_rate"], v["mean_accepted"], v.get("exact_match", "reference"),
                              v.get("draft_ms_per_token"), v.get("verify_ms_per_step")]
                             for d, v in lossless["drafters"].items()]), "",
                     "A verify step of `none` is one plain decoding step. A step yields accepted/step + 1 tokens "
