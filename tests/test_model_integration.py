@@ -7,7 +7,7 @@ import torch
 from ais.decoding.greedy import generate_text, next_token_logits
 
 from ais.model.prompts import encode_prompts
-from ais.device import pick_device, pick_dtype
+from ais.device import DeviceError, pick_device, pick_dtype
 from ais.model.loading import ModelError, load_model
 from ais.routing.embedding import pivot_hidden
 from ais.model.gating import NO_SKIP, SkipPlan
@@ -50,9 +50,9 @@ def test_router_hidden_matches_output_hidden_states(embedded):
 def test_bad_model_settings_fail_clearly(tmp_path):
     with pytest.raises(ModelError, match="run `dvc repro model` first"):
         load_model(tmp_path / "nowhere")
-    with pytest.raises(ModelError, match="model.dtype='int8'"):
+    with pytest.raises(DeviceError, match="model.dtype='int8'"):
         pick_dtype("int8", pick_device("cpu"))
-    with pytest.raises(ModelError, match="model.device='tpu'"):
+    with pytest.raises(DeviceError, match="model.device='tpu'"):
         pick_device("tpu")
 
 
