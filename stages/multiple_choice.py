@@ -1,26 +1,27 @@
-"""Stage `multiple_choice`: benchmark accuracy of the full model and the routed plan in `skip.mode`
-(and the same layers in the other mode)."""
+"""Stage `multiple_choice`: benchmark accuracy (lm-evaluation-harness, its own task definitions,
+zero-shot) of the full model and, in `skip.mode`, the routed plan and the global and random controls
+with as many layers; paired intervals per question."""
 from ais.api import load
-from ais.files import write_json
-from ais.evaluation.multiple_choice import evaluate_all
+from ais.evaluation.multiple_choice import evaluate, skip_conditions, table
+from ais.files import write_csv, write_json
 from ais.params import get
-from ais.routing.plans import OTHER_MODE
-from ais.files import write_csv
+
+DATA = "data/benchmarks"
 
 if __name__ == "__main__":
     system = load()
     params = system.params
     names = get(params, "multiple_choice.benchmarks")
-    results = evaluate_all(system.decoder, system.tokenizer, names, get(params, "multiple_choice.n_per_benchmark"),
-                           get(params, "multiple_choice.seed"))
-    write_json("reports/multiple_choice.json", results)
-    other = OTHER_MODE[system.decoder.settings.mode]
-    rows = []
-    for name, r in results.items():
-        for scoring in ("letter", "loglik"):
-            rows.append({"benchmark": f"{name}/{scoring}", "n": r["n"], "chance": r["chance"],
-                         **{cond: r[f"{scoring}_{cond}_accuracy"] for cond in ("full", "routed", f"routed_{other}")}})
-    write_csv("reports/multiple_choice.csv", rows)
-    for row in rows:
-        print(f"multiple_choice {row['benchmark']}: full {row['full']}, routed ({system.decoder.settings.mode}) "
-              f"{row['routed']}, routed_{other} {row[f'routed_{other}']} (chance {row['chance']}, n={row['n']})")
+    conditions, routes = skip_conditions(system.decoder, system.tokenizer, get(params, "validate.seed"))
+    metrics, questions = evaluate(system.model, system.tokenizer, DATA, names, conditions, routes,
+                                  batch_size=get(params, "multiple_choice.batch_size"),
+                                  seed=get(params, "multiple_choice.seed"))
+    write_json("reports/multiple_choice.json", {"mode": system.decoder.settings.mode, **metrics})
+    write_csv("reports/multiple_choice.csv", table(metrics, list(conditions)))
+    write_csv("reports/multiple_choice_questions.csv", questions)
+    for name in names:
+        m = metrics[name]
+        print(f"multiple_choice {name} ({m['split']}, n={m['n']}): full acc_norm {m['full_acc_norm']} "
+              f"[{m['full_acc_norm_ci_low']}, {m['full_acc_norm_ci_high']}] (card {m.get('published_acc_norm')}); "
+              f"routed-full {m['routed_minus_full_acc_norm']}, routed-global {m['routed_minus_global_acc_norm']} "
+              f"[{m['routed_minus_global_acc_norm_ci_low']}, {m['routed_minus_global_acc_norm_ci_high']}]")

@@ -15,7 +15,7 @@ import yaml
 from ais.files import atomic_dir, atomic_file, write_text
 from ais.model.prompts import PromptError, check_prompt, encode_prompts
 from ais.model.loading import ModelError, load_model
-from ais.params import BENCHMARKS, SCHEMA, ParamsError, check_params, get, load_params
+from ais.params import SCHEMA, ParamsError, check_params, get, load_params
 from ais.routing.plans import SkipSettings, n_layers_to_skip
 from ais.routing.topomap import TopoMap
 from conftest import tiny_llama, tiny_tokenizer
@@ -81,12 +81,6 @@ def test_the_whole_file_check_lists_every_problem_and_says_how_to_restore():
                  "`skip.alpah` is not a parameter any stage reads (known keys of `skip`: alpha,",
                  "git show HEAD:params.yaml > params.yaml"):
         assert part in message, part
-
-
-def test_benchmark_choices_match_the_benchmarks_the_stage_can_read():
-    from ais.evaluation.multiple_choice import SOURCES
-
-    assert set(BENCHMARKS) == set(SOURCES)
 
 
 @pytest.mark.parametrize("prompt,message", [

