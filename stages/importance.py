@@ -40,6 +40,8 @@ if __name__ == "__main__":
         "split_half_spearman": {c: round(stability[method][c], 4) for c in categories},
         "split_half_spearman_mean": round(float(np.mean(list(stability[method].values()))), 4),
         "split_half_spearman_by_method": {m: round(float(np.mean(list(v.values()))), 4) for m, v in stability.items()},
+        "split_half_spearman_all_layers_mean": round(float(np.mean(list(raw["stability_all_layers"][method].values()))), 4),
+        "split_half_layers": "past the router's pivot (the layers a plan may skip); _all_layers: every measured layer",
         "least_important_layer": {c: int(np.argsort(normalised[method][k][1:])[0] + 1) for k, c in enumerate(categories)},
         "mean_single_layer_kl": {c: round(float(np.nanmean(raw["single"][k])), 4) for k, c in enumerate(categories)},
         "group_kl": {c: [round(float(v), 3) for v in raw["group_kl"][k]] for k, c in enumerate(categories)},

@@ -1,7 +1,14 @@
 """Shared fixtures: tiny randomly initialised Llama models built from a config (no downloads)."""
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from ais.decoding.routed import RoutedDecoder
+from ais.model.prompts import encode_prompts
+from ais.routing.embedding import router_embedding
+from ais.routing.plans import SkipSettings
+from ais.routing.topomap import TopoMap
 
 
 def tiny_llama(n_layers=6, hidden=32, dtype=torch.float32, seed=0, vocab=97):
@@ -91,3 +98,15 @@ def write_fake_bigbench(path, tasks: dict):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def tiny_routed_decoder(model, tok, contexts, labels):
+    """A map whose entries are the contexts' own router embeddings (pivot 2), so each context routes
+    to its label; category a skips layer 4, b layer 3 (hard)."""
+    vectors = router_embedding(model, encode_prompts(tok, contexts, "cpu"), 2).double().numpy()
+    identity = {"model_type": "llama", "n_layers": 6, "hidden_size": 32, "vocab_size": 97,
+                "pivot_layer": 2, "pooling": "last"}
+    importance = np.array([[1, .9, .8, .5, .1, .7], [1, .9, .8, .2, .6, .7]])
+    topo = TopoMap(vectors, np.array(labels), ["a", "b"], identity, importance=importance,
+                   global_importance=np.array([1, .9, .8, .3, .4, .7]))
+    return RoutedDecoder(model, topo, SkipSettings(mode="hard", fraction=1 / 6, alpha=0.6), k=1)

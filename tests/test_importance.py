@@ -74,6 +74,7 @@ def test_measure_reports_stability_and_the_pooled_measure():
     for method in ("single", "group", "block_influence", "greedy"):
         assert set(out["stability"][method]) == {"a", "b"}
         assert all(-1 <= v <= 1 for v in out["stability"][method].values())
+        assert set(out["stability_all_layers"][method]) == {"a", "b"}
     single = measure(model, tok, by_category, 3, 3, "single", 2, 2, progress=False)
     assert "greedy" not in single["stability"] and np.isnan(single["greedy"]).all()
 
@@ -81,6 +82,14 @@ def test_measure_reports_stability_and_the_pooled_measure():
 def test_split_half_stability_is_one_for_identical_halves():
     per_prompt = np.array([[np.nan, 1, 2, 3, 4]] * 4, dtype=float)
     assert split_half_stability(per_prompt) == pytest.approx(1.0)
+
+
+def test_split_half_stability_over_the_skippable_layers_ignores_the_ones_below_the_pivot():
+    # layers 1-2 (below the pivot) dominate and agree; layers 3-5 are ranked oppositely by the halves
+    even, odd = [np.nan, 9, 8, 1, 2, 3], [np.nan, 9, 8, 3, 2, 1]
+    per_prompt = np.array([even, odd] * 3, dtype=float)
+    assert split_half_stability(per_prompt) > 0.4
+    assert split_half_stability(per_prompt, layers=[3, 4, 5]) == pytest.approx(-1.0)
 
 
 @pytest.mark.parametrize("n_groups", [2, 3, 5, 6])

@@ -6,19 +6,13 @@ import numpy as np
 import pytest
 import torch
 from lm_eval.api.instance import Instance
-
-from ais.decoding.routed import RoutedDecoder
 from lm_eval.models.huggingface import HFLM
 
 from ais.evaluation.benchmarks import BENCHMARKS, BenchmarkError, sample_rows
 from ais.evaluation.multiple_choice import SkipLM, evaluate, skip_conditions, table, write_task_configs
-from ais.params import BENCHMARKS as ALLOWED
 from ais.model.gating import NO_SKIP, SkipPlan, skipping
-from ais.model.prompts import encode_prompts
-from ais.routing.embedding import router_embedding
-from ais.routing.plans import SkipSettings
-from ais.routing.topomap import TopoMap
-from conftest import tiny_llama, tiny_tokenizer
+from ais.params import BENCHMARKS as ALLOWED
+from conftest import tiny_llama, tiny_routed_decoder, tiny_tokenizer
 
 WORDS = "the a is of what sum story code add two plus capital france paris number".split()
 
@@ -58,7 +52,7 @@ def data_dir(tmp_path):
 
 def test_every_benchmark_and_condition_runs_through_the_harness_end_to_end(data_dir):
     model, tok = tiny_llama(), tiny_tokenizer()
-    decoder = routed_decoder(model, tok, ["what is the capital of france", "write a story"], [0, 1])
+    decoder = tiny_routed_decoder(model, tok, ["what is the capital of france", "write a story"], [0, 1])
     conditions, routes = skip_conditions(decoder, tok, seed=0, other_mode=True)
     metrics, rows = evaluate(model, tok, data_dir, list(BENCHMARKS), conditions, routes, batch_size=4, progress=False)
     assert list(conditions) == ["full", "routed", "global", "random", "routed_soft"]
@@ -73,7 +67,7 @@ def test_every_benchmark_and_condition_runs_through_the_harness_end_to_end(data_
             assert key in entry, (name, key)
         assert 0 <= entry["full_acc"] <= 1
     assert metrics["arc_easy"]["split_note"] and metrics["mmlu"]["published_acc_norm"] == 0.293
-    assert metrics["arc_average"]["full_acc"] == round((metrics["arc_easy"]["full_acc"]
+    assert metrics["arc_average"]["full_acc_ci_low"] <= metrics["arc_average"]["full_acc"] == round((metrics["arc_easy"]["full_acc"]
                                                         + metrics["arc_challenge"]["full_acc"]) / 2, 4)
     assert len(table(metrics, list(conditions))) == (len(BENCHMARKS) + 1) * len(conditions)
 
@@ -91,18 +85,6 @@ def test_mmlu_prompt_is_the_harness_continuation_prompt_with_each_rows_subject(d
     assert second.startswith("The following are questions (with answers) about world religions.\n\nQuestion: ")
 
 
-def routed_decoder(model, tok, contexts, labels):
-    """A map whose entries are the contexts' own router embeddings (pivot 2), so each context routes
-    to its label; category a skips layer 4, b layer 3 (hard)."""
-    vectors = router_embedding(model, encode_prompts(tok, contexts, "cpu"), 2).double().numpy()
-    identity = {"model_type": "llama", "n_layers": 6, "hidden_size": 32, "vocab_size": 97,
-                "pivot_layer": 2, "pooling": "last"}
-    importance = np.array([[1, .9, .8, .5, .1, .7], [1, .9, .8, .2, .6, .7]])
-    topo = TopoMap(vectors, np.array(labels), ["a", "b"], identity, importance=importance,
-                   global_importance=np.array([1, .9, .8, .3, .4, .7]))
-    return RoutedDecoder(model, topo, SkipSettings(mode="hard", fraction=1 / 6, alpha=0.6), k=1)
-
-
 def direct_loglikelihood(model, tok, context, continuation, plan):
     """Sum of the continuation's token log-probabilities after the context, one plain forward."""
     ctx = tok(context, add_special_tokens=False)["input_ids"]
@@ -115,7 +97,7 @@ def direct_loglikelihood(model, tok, context, continuation, plan):
 def test_each_request_is_scored_under_its_routed_categorys_plan():
     model, tok = tiny_llama(dtype=torch.float64), tiny_tokenizer()
     contexts = ["what is the capital of france", "write a story", "add two plus two", "summarize the code"]
-    decoder = routed_decoder(model, tok, contexts, [0, 1, 0, 1])
+    decoder = tiny_routed_decoder(model, tok, contexts, [0, 1, 0, 1])
     conditions, routes = skip_conditions(decoder, tok, seed=0)
     requests = [Instance("loglikelihood", {}, (c, f" {w}"), 0) for c in contexts for w in ("paris", "the number")]
     lm = SkipLM(model, tok, conditions["routed"], batch_size=3)
@@ -132,7 +114,7 @@ def test_each_request_is_scored_under_its_routed_categorys_plan():
 def test_controls_skip_as_many_layers_as_the_routed_plan():
     model, tok = tiny_llama(), tiny_tokenizer()
     contexts = ["what is the capital of france", "write a story"]
-    conditions, _ = skip_conditions(routed_decoder(model, tok, contexts, [0, 1]), tok, seed=3, other_mode=True)
+    conditions, _ = skip_conditions(tiny_routed_decoder(model, tok, contexts, [0, 1]), tok, seed=3, other_mode=True)
     assert conditions["global"](contexts) == [SkipPlan.make(hard=[3])] * 2  # lowest pooled importance past the pivot
     drawn = conditions["random"](contexts)
     assert all(len(p.hard) == 1 and min(p.hard) >= 2 for p in drawn)

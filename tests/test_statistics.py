@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ais.evaluation.statistics import mean_interval, paired_difference, verdict
+from ais.evaluation.statistics import mean_of_means_interval, mean_interval, paired_difference, verdict
 
 
 def test_paired_difference_finds_a_known_shift_that_unpaired_noise_would_hide():
@@ -37,3 +37,11 @@ def test_identical_values_give_a_zero_width_interval_and_bad_input_is_refused():
         paired_difference([1, 2, 3], [1, 2], seed=0)
     with pytest.raises(ValueError, match="non-empty"):
         mean_interval([], seed=0)
+
+
+def test_mean_of_means_weights_each_sample_equally_and_covers_it():
+    rng = np.random.default_rng(0)
+    easy, hard = (rng.random(400) < 0.6).astype(float), (rng.random(100) < 0.3).astype(float)
+    interval = mean_of_means_interval([easy, hard], seed=0)
+    assert interval.mean == pytest.approx((easy.mean() + hard.mean()) / 2) and interval.n == 500
+    assert interval.low < interval.mean < interval.high and interval.high - interval.low < 0.15

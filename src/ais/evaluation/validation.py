@@ -23,13 +23,15 @@ METRICS = ("kl", "top1", "top5")
 COMPARED = ("top1", "kl")  # the metrics every comparison is reported for, headline first
 
 
-def global_layers(decoder: RoutedDecoder, n: int) -> list[int]:
+def global_layers(decoder: RoutedDecoder, n: int, below_pivot: bool = False) -> list[int]:
     """One plan for every prompt: the lowest layers of the same importance measure taken over all
-    categories' prompts pooled (maps without it: the mean of the categories' importance)."""
+    categories' prompts pooled (maps without it: the mean of the categories' importance). With
+    `below_pivot` the plan may also use the router's layers (a control: what the rule costs)."""
     pooled = decoder.topo.global_importance
     if pooled is None:
         pooled = decoder.topo.importance.mean(0)
-    return lowest_layers(pooled, candidate_layers(pooled, decoder.pivot, decoder.settings.critical), n)
+    pivot = 1 if below_pivot else decoder.pivot
+    return lowest_layers(pooled, candidate_layers(pooled, pivot, decoder.settings.critical), n)
 
 
 def score_plans(model, ref, plans_per_row: dict[str, list]) -> dict[str, dict[str, np.ndarray]]:
@@ -57,6 +59,8 @@ def conditions(decoder: RoutedDecoder, category: str, routes, rng: np.random.Gen
         "routed": [r.plan for r in routes],
         "oracle": [oracle] * len(routes),
         "global": [make_plan(global_layers(decoder, len(ls)), mode, settings.alpha) for ls in routed_layers],
+        "global_any_layer": [make_plan(global_layers(decoder, len(ls), below_pivot=True), mode, settings.alpha)
+                             for ls in routed_layers],
         "random": [make_plan(random_layers(n_layers, decoder.pivot, len(ls), rng), mode, settings.alpha)
                    for ls in routed_layers],
         f"routed_{other}": [make_plan(ls, other, settings.alpha) for ls in routed_layers],
@@ -89,7 +93,7 @@ def comparisons(rows: list[dict], mode: str, seed: int) -> dict[str, dict]:
     """Paired differences over prompts (95% bootstrap intervals) for every comparison the report makes."""
     other = OTHER_MODE[mode]
     pairs = {"routed_minus_global": ("routed", "global"), "routed_minus_random": ("routed", "random"),
-             "routed_minus_oracle": ("routed", "oracle")}
+             "routed_minus_oracle": ("routed", "oracle"), "global_any_layer_minus_global": ("global_any_layer", "global")}
     hard, soft = ("routed", f"routed_{other}") if mode == "hard" else (f"routed_{other}", "routed")
     pairs["hard_minus_soft"] = (hard, soft)
     out = {}
@@ -102,7 +106,7 @@ def comparisons(rows: list[dict], mode: str, seed: int) -> dict[str, dict]:
 def summarise_split(rows: list[dict], mode: str, n_layers: int, seed: int) -> tuple[dict, list[dict]]:
     """(metrics of one split, per-category rows): means, intervals and the paired comparisons."""
     other = OTHER_MODE[mode]
-    names = ("routed", "oracle", "global", "random", f"routed_{other}")
+    names = ("routed", "oracle", "global", "global_any_layer", "random", f"routed_{other}")
     out = {"n_prompts": len(rows)}
     out.update(_rounded(mean_interval([r["routed_correctly"] for r in rows], seed).as_dict("routing_accuracy")))
     out["skipped_fraction"] = round(float(np.mean([r["skipped_layers"] for r in rows])) / n_layers, 4)

@@ -27,7 +27,8 @@ def _table(header: list[str], rows: list[list]) -> str:
 SPLIT_NAMES = {"heldout": "held-out prompts of seen tasks", "heldout_task": "prompts of tasks the map never saw"}
 COMPARISONS = {"routed_minus_global": "routed − global (the central question)",
                "routed_minus_oracle": "routed − oracle (cost of routing mistakes)",
-               "routed_minus_random": "routed − random", "hard_minus_soft": "hard − soft (same routed layers)"}
+               "routed_minus_random": "routed − random", "hard_minus_soft": "hard − soft (same routed layers)",
+               "global_any_layer_minus_global": "global allowed below the pivot − global (cost of the pivot rule)"}
 
 
 def _interval(m: dict, key: str) -> str:
@@ -48,19 +49,31 @@ def _within(m: dict, key: str, value: float) -> str:
     return "within" if m[key + "_ci_low"] <= value <= m[key + "_ci_high"] else "**outside**"
 
 
+def _routed_vs_global_words(benchmarks: dict) -> str:
+    key = "routed_minus_global_acc_norm"
+    parts = [b for b in benchmarks if b != "arc_average" and key + "_ci_low" in benchmarks[b]]
+    better = [b for b in parts if benchmarks[b][key + "_ci_low"] > 0]
+    worse = [b for b in parts if benchmarks[b][key + "_ci_high"] < 0]
+    same = [b for b in parts if b not in better + worse]
+    words = [f"Routed against global plans: measurably better on {', '.join(better) or 'no benchmark'}, "
+             f"measurably worse on {', '.join(worse) or 'no benchmark'}, no measurable difference on "
+             f"{', '.join(same) or 'no benchmark'}."]
+    if len(better) + len(worse) > 0 and parts:
+        words.append(f"With {len(parts)} benchmarks at 95% each, about {0.05 * len(parts):.2f} would exclude 0 by "
+                     "chance alone; one such benchmark is weak evidence.")
+    return " ".join(words)
+
+
 def multiple_choice_section(mc: dict) -> list[str]:
     """The harness's accuracies: the full model beside the model card, then each plan's paired
     difference from the full model and routed − global."""
     mode = mc["mode"]
-    benchmarks = {k: v for k, v in mc.items() if isinstance(v, dict)}
+    benchmarks = dict(sorted((k, v) for k, v in mc.items() if isinstance(v, dict)))
     card, skips = [], []
     for name, m in benchmarks.items():
         published = m.get("published_acc_norm")
-        if "full_acc_norm_ci_low" in m:
-            full = f"{m['full_acc_norm']:.3f} [{m['full_acc_norm_ci_low']:.3f}, {m['full_acc_norm_ci_high']:.3f}]"
-            verdict = _within(m, "full_acc_norm", published) if published is not None else ""
-        else:  # the ARC average: no interval of its own
-            full, verdict = f"{m['full_acc_norm']:.3f}", ""
+        full = f"{m['full_acc_norm']:.3f} [{m['full_acc_norm_ci_low']:.3f}, {m['full_acc_norm_ci_high']:.3f}]"
+        verdict = _within(m, "full_acc_norm", published) if published is not None else ""
         card.append([name, m.get("split", ""), m["n"], m.get("chance", ""), f"{m['full_acc']:.3f}", full,
                      published if published is not None else "", verdict])
         if "routed_minus_full_acc_norm_ci_low" in m:
@@ -73,13 +86,14 @@ def multiple_choice_section(mc: dict) -> list[str]:
            "model card's metric) with a 95% bootstrap interval over questions, beside SmolLM2-135M-Instruct's "
            "model card (lighteval, the original bfloat16 weights; ours are its Q4_1 GGUF). ARC is scored on its "
            "validation split (the only one shipped offline), the card's on the test split.", "",
-           _table(["benchmark", "split", "n", "chance", "full acc", "full acc_norm [95%]", "model card", "card value"],
+           _table(["benchmark", "split", "n", "chance", "full acc", "full acc_norm [95%]", "model card acc_norm",
+                   "card in our interval"],
                   card), ""]
     if skips:
         out += [f"Paired differences in `acc_norm` from the full model, question by question, all plans in `skip.mode` "
                 f"({mode}) with the same number of layers. **Bold**: the interval excludes 0.", "",
                 _table(["benchmark", "n", "routed − full", "global − full", "random − full", "routed − global"], skips),
-                "", "Per-question results: `multiple_choice_questions.csv`; `acc` columns in `multiple_choice.csv`.", ""]
+                "", _routed_vs_global_words(benchmarks), "", "Per-question results: `multiple_choice_questions.csv`; `acc` columns in `multiple_choice.csv`.", ""]
     return out
 
 
@@ -96,6 +110,8 @@ def central_answer(validate: dict) -> list[str]:
         if not m:
             continue
         for key, label in COMPARISONS.items():
+            if f"{key}_top1" not in m:
+                continue
             cells = []
             for metric in ("top1", "kl"):
                 text = _interval(m, f"{key}_{metric}")
@@ -121,6 +137,11 @@ def central_answer(validate: dict) -> list[str]:
             words.append(f"Routing mistakes cost agreement there ({_interval(m, oracle)} against the true category's plan).")
         else:
             words.append(f"The true category's plan does no measurably better than the routed one ({_interval(m, oracle)}).")
+        pivot = "global_any_layer_minus_global_top1"
+        if pivot in m:
+            words.append(f"Letting the global plan skip the router's layers too changes top-1 agreement by "
+                         f"{_interval(m, pivot)}" + (" (measurable)." if _excludes_zero(m, pivot) else
+                                                     " (no measurable difference)."))
     return out + [" ".join(words), ""]
 
 
@@ -247,7 +268,10 @@ def build_report(reports: Path, params: dict) -> str:
         out += ["## Layer importance (stage `importance`)", "",
                 f"Method `{importance['method']}`, {min(importance['n_prompts_per_category'].values())} calibration "
                 "prompts per category. Stability: Spearman rank correlation between the importance measured on even- "
-                "and odd-numbered prompts, per category (1 = the same layer ranking from either half).", "",
+                "and odd-numbered prompts, per category (1 = the same layer ranking from either half), over the layers "
+                "past the router's pivot, the ones a plan may skip"
+                + (f" (over all measured layers: {importance['split_half_spearman_all_layers_mean']} on average)"
+                   if "split_half_spearman_all_layers_mean" in importance else "") + ".", "",
                 _table(["category", "split-half Spearman"], [[c, v] for c, v in importance["split_half_spearman"].items()]),
                 "", "Mean per method: " + ", ".join(f"{m} {v}" for m, v in importance["split_half_spearman_by_method"].items())
                 + ".", "", "![importance](importance.png)", ""]
