@@ -70,16 +70,17 @@ LOSSLESS_PROMPTS = ["Repeat this sentence exactly: the quick brown fox jumps ove
 
 
 def test_speculative_decoding_gives_the_greedy_tokens_of_the_embedded_model(embedded):
-    """Every drafter, float32: the tokens transformers' greedy `generate` gives, up to and including
+    """Every drafter (CLaSp's dynamic skip set included), float32: the tokens transformers' greedy `generate` gives, up to and including
     the end-of-sequence token or max_new_tokens; drafts are both accepted and rejected."""
     from ais.decoding.greedy import generate_ids
     from ais.model.prompts import chat_text
-    from ais.decoding.speculative import NoDraft, PromptLookup, RoutedDraft, speculative_generate
+    from ais.decoding.speculative import ClaspDraft, NoDraft, PromptLookup, RoutedDraft, speculative_generate
 
     model, tokenizer = embedded
     plan = SkipPlan.make(hard=[12, 16, 19, 22, 25, 27])
     drafters = {"none": NoDraft, "lookup": lambda: PromptLookup(3), "routed": lambda: RoutedDraft(plan, 0.8),
-                "routed_fixed_no_prefix": lambda: RoutedDraft(plan, 0.8, adaptive=False, share_prefix=False)}
+                "routed_fixed_no_prefix": lambda: RoutedDraft(plan, 0.8, adaptive=False, share_prefix=False),
+                "clasp": lambda: ClaspDraft(6, range(10, 30), 0.8)}
     totals = {name: [0, 0] for name in drafters}
     ended = 0
     for prompt in LOSSLESS_PROMPTS:
@@ -95,6 +96,6 @@ def test_speculative_decoding_gives_the_greedy_tokens_of_the_embedded_model(embe
             totals[name][0] += stats.drafted
             totals[name][1] += stats.accepted
     assert ended >= 1  # the end-of-sequence boundary was crossed at least once
-    for name in ("lookup", "routed"):
+    for name in ("lookup", "routed", "clasp"):
         drafted, accepted = totals[name]
         assert 0 < accepted < drafted, (name, totals[name])  # some drafts accepted, some rejected

@@ -5,7 +5,8 @@ from transformers import DynamicCache
 
 from ais.decoding.greedy import plain_generate
 from ais.model.gating import SkipPlan
-from ais.decoding.speculative import Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, speculative_generate, truncate_cache
+from ais.decoding.speculative import (ClaspDraft, Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, clasp_layers,
+                                     recording_states, speculative_generate, truncate_cache)
 from conftest import left_padded, tiny_llama
 
 PROMPTS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9], [1, 11, 13, 17, 11, 13, 17, 11]]
@@ -40,7 +41,9 @@ DRAFTERS = {"none": lambda: NoDraft(), "lookup2": lambda: PromptLookup(2), "look
             "routed_always": lambda: RoutedDraft(SkipPlan.make(hard=[4]), 0.0),
             "routed_shared": lambda: RoutedDraft(SkipPlan.make(hard=[2, 3]), 0.5),
             "routed_recompute_fixed": lambda: RoutedDraft(SkipPlan.make(hard=[2, 3]), 0.5, adaptive=False, share_prefix=False),
-            "routed_soft_plan": lambda: RoutedDraft(SkipPlan.make(hard=[3], soft={1: 0.5}), 0.3)}
+            "routed_soft_plan": lambda: RoutedDraft(SkipPlan.make(hard=[3], soft={1: 0.5}), 0.3),
+            "clasp_every_step": lambda: ClaspDraft(2, [1, 2, 3, 4], 0.0),
+            "clasp_every_third": lambda: ClaspDraft(1, [2, 3], 0.5, interval=3)}
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -50,15 +53,15 @@ def test_identical_to_greedy_for_every_drafter(model, prompt, drafter, gamma):
     expected = greedy(model, prompt, 20)
     tokens, stats = speculative_generate(model, prompt, 20, DRAFTERS[drafter](), gamma)
     assert tokens == expected
-    assert stats.accepted <= stats.drafted and stats.steps + stats.accepted == 20
+    assert stats.accepted <= stats.drafted and 1 + stats.steps + stats.accepted == 20  # the prefill gives the first
     assert 0 < stats.draft_seconds + stats.verify_seconds <= stats.seconds  # the phases are parts of the whole
 
 
 @pytest.mark.parametrize("wrong_at", [None, 0, 1, 2])
 def test_accepted_rejected_first_and_midway(model, wrong_at):
     prompt = PROMPTS[0]
-    truth = greedy(model, prompt, 24)
-    tokens, stats = speculative_generate(model, prompt, 24, Scripted(truth, len(prompt), wrong_at), gamma=4)
+    truth = greedy(model, prompt, 25)  # the prefill gives the first; 24 = whole steps of 1, 2 or 3 tokens
+    tokens, stats = speculative_generate(model, prompt, 25, Scripted(truth, len(prompt), wrong_at), gamma=4)
     assert tokens == truth
     if wrong_at is None:
         assert stats.accepted_per_step[0] == 4 and stats.steps < 24 / 2
@@ -166,3 +169,50 @@ def test_prompt_lookup_agrees_with_transformers_assisted_generation(model):
         theirs = model.generate(torch.tensor([prompt]), prompt_lookup_num_tokens=4, max_matching_ngram_size=3,
                                 max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert ours == theirs[0, len(prompt):].tolist()
+
+
+def _states_at_last_position(model, prompt):
+    """(cache holding the prompt, the full model's L + 1 states of its last token)."""
+    cache = DynamicCache(config=model.config)
+    with recording_states(model) as states:
+        model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+    return cache, [s[0, -1] for s in states]
+
+
+def test_recorded_states_are_each_layers_input_and_the_last_output(model):
+    cache, states = _states_at_last_position(model, PROMPTS[0])
+    out = model.model(input_ids=torch.tensor([PROMPTS[0]]), output_hidden_states=True)
+    assert len(states) == len(model.model.layers) + 1
+    torch.testing.assert_close(states[0], model.model.embed_tokens.weight[PROMPTS[0][-1]])
+    torch.testing.assert_close(model.model.norm(states[-1]), out.last_hidden_state[0, -1])
+
+
+@pytest.mark.parametrize("identity_layer", [2, 4])
+def test_clasp_skips_a_layer_that_is_an_identity_first(identity_layer):
+    """A layer whose attention and MLP write nothing leaves the state unchanged: with one layer to
+    skip, CLaSp's programme skips it, whatever the other layers do; the real cache is left alone."""
+    model = tiny_llama(dtype=torch.float64, seed=5)
+    layer = model.model.layers[identity_layer]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    for prompt in PROMPTS:
+        cache, states = _states_at_last_position(model, prompt)
+        before = [(l.keys.clone(), l.values.clone()) for l in cache.layers]
+        assert clasp_layers(model, states, cache, len(prompt) - 1, 1, range(1, 6)) == [identity_layer]
+        assert all(torch.equal(k, l.keys) and torch.equal(v, l.values) for (k, v), l in zip(before, cache.layers))
+        chosen = clasp_layers(model, states, cache, len(prompt) - 1, 3, [1, 3, identity_layer, 5])
+        assert len(chosen) == 3 and identity_layer in chosen and set(chosen) <= {1, 3, identity_layer, 5}
+
+
+def test_clasp_runs_each_layer_once_per_choice_on_every_candidate(model):
+    """One batched call per layer: layer i sees min(i, n_skip) + 1 candidate states."""
+    cache, states = _states_at_last_position(model, PROMPTS[0])
+    seen = []
+    hooks = [l.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0])) for l in model.model.layers]
+    try:
+        clasp_layers(model, states, cache, len(PROMPTS[0]) - 1, 2, range(1, 6))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [1, 1, 2, 3, 3, 3]  # layer 0 may not be skipped: one candidate until layer 1 is passed

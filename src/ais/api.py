@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ais.decoding.routed import Route, RoutedDecoder
 from ais.decoding.speculative import make_drafter, speculative_generate
-from ais.device import pick_dtype, synchronize
+from ais.device import dtype_name, pick_dtype, synchronize
 from ais.model.loading import load_model, model_identity
 from ais.model.prompts import chat_ids, check_prompt, context_length, encode_prompts
 from ais.params import get, load_params
@@ -38,9 +38,10 @@ class System:
     _lossless: object = None
 
     def lossless_model(self):
-        """The model in `lossless.dtype` (float32 by default): in bfloat16, verifying several
-        tokens in one forward rounds differently from one-token steps and the greedy tokens can
-        differ, so exactness is only claimed at this dtype. Loaded once, only if it differs."""
+        """The model in `lossless.dtype` (`auto`: the model's default dtype, bfloat16 where the
+        device computes it natively; `float32` is the strict mode: in bfloat16 a several-token
+        verify rounds differently from one-token steps, so a greedy token can flip at a near-tie).
+        Loaded once, only if it differs from the main model's."""
         dtype = get(self.params, "lossless.dtype")
         if pick_dtype(dtype, self.model.device) == self.model.dtype:
             return self.model
@@ -128,7 +129,7 @@ def generate(system: System, prompt: str, mode: str | None = None, max_new_token
     if tok.eos_token_id in new:  # rows that ended are padded after their end-of-sequence token
         new = new[:new.index(tok.eos_token_id) + 1]
     return Generation(tok.decode(new, skip_special_tokens=True), mode, route_.category, skipped, plan_text, seconds,
-                      len(new), str(dtype).replace("torch.", ""), drafter, mean_accepted)
+                      len(new), dtype_name(dtype), drafter, mean_accepted)
 
 
 def _lossless(system: System, prompt: str, max_new_tokens: int) -> tuple[Route, list[int], str, float, object]:
@@ -137,7 +138,9 @@ def _lossless(system: System, prompt: str, max_new_tokens: int) -> tuple[Route, 
     route_ = system.decoder.route_prompts(tok, [prompt], mode="full")[0]
     name = system.drafters().get(route_.category, "none")
     draft_plan = system.decoder.plan_for(route_.category, get(params, "lossless.draft_fraction"), mode="hard")
-    drafter = make_drafter(name, draft_plan, get(params, "lossless.confidence"), get(params, "lossless.ngram"))
+    allowed = system.decoder.skippable_layers()
+    drafter = make_drafter(name, draft_plan, get(params, "lossless.confidence"), get(params, "lossless.ngram"), allowed,
+                           get(params, "lossless.clasp_interval"))
     verifier = system.lossless_model()
     ids = chat_ids(tok, prompt, context_length(verifier) - max_new_tokens - 8)
     new, stats = speculative_generate(verifier, ids, max_new_tokens, drafter, get(params, "lossless.gamma"),

@@ -55,6 +55,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The params name of a torch dtype (torch.bfloat16 -> 'bfloat16')."""
+    return str(dtype).replace("torch.", "")
+
+
 def synchronize(device: torch.device) -> None:
     """Wait until the device has finished its queued work (a no-op on CPU)."""
     if device.type == "cuda":

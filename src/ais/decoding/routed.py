@@ -72,6 +72,11 @@ class RoutedDecoder:
         settings = replace(self.settings, select="fraction", fraction=fraction)
         return RoutedDecoder(self.model, self.topo, settings, self.k, self.router, self.batch_size)
 
+    def skippable_layers(self) -> list[int]:
+        """The layers any plan may skip, whatever their importance: at or past the pivot, never layer 0
+        (what CLaSp's dynamic skip set chooses from)."""
+        return list(range(max(1, self.pivot), len(decoder_layers(self.model))))
+
     def layers_for(self, category: str, fraction: float | None = None) -> list[int]:
         """The layers a category's plan skips (its lowest-importance layers at or past the pivot)."""
         importance = self.topo.importance[self.topo.categories.index(category)]

@@ -9,16 +9,27 @@ Drafters:
                  a confidence threshold, which Draft&Verify's rule adapts to the acceptance seen so
                  far. Layers below the lowest skipped layer compute the same values in draft and
                  verify, so the verify starts from the draft's hidden states there (shared prefix).
+  ClaspDraft   — CLaSp (Chen et al. 2025): the same self-speculation, but the skip set is chosen
+                 again during decoding, by a dynamic programme over the layers on the full model's
+                 hidden states of the last accepted token (`clasp_layers`).
   PromptLookup — copies the tokens that followed the last n-gram's earlier occurrence.
   NoDraft      — plain greedy decoding with the same loop.
 
-transformers' assisted generation takes a separate assistant model (or its own prompt-lookup);
-it cannot draft with the same weights under a per-prompt skip plan, nor start the verify from the
-draft's hidden states, hence this short loop.
+The loop does what `generate` does where no draft is made: the prompt's prefill computes the head
+on its last position only and yields the first new token, then one cached forward per token.
+
+transformers' assisted generation (5.x) hosts drafters as candidate generators: one returns
+candidate token ids, and may ask for the verify's outputs (`requires_model_outputs`, so CLaSp's
+hidden states could reach it). But the verify is always the model's own forward over every layer
+and every candidate position, and a drafter on the same weights keeps its own cache: the routed
+draft's shared prefix (the verify starting from the draft's states at the lowest skipped layer,
+reusing the lower layers' keys and values) cannot be expressed there. Hence this short loop,
+which with no draft does what `generate` does (see `prefill`).
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +87,32 @@ def forward_tokens(model, ids: list[int], cache) -> torch.Tensor:
     """Logits (len(ids) x vocab) for new tokens appended to the cache (batch of one, no padding)."""
     out = model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True)
     return out.logits[0]
+
+
+def prefill(model, ids: list[int], cache) -> int:
+    """Fill the cache with the prompt and return the first new (greedy) token, as `generate` does:
+    the head runs on the last position only."""
+    out = model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    return int(out.logits[0, -1].argmax())
+
+
+@contextmanager
+def recording_states(model):
+    """Collect, while a full forward runs, the hidden state entering each decoder layer and the last
+    layer's output: L + 1 tensors of 1 x n x d (n = positions of that forward)."""
+    states: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        states.append(out[0] if isinstance(out, tuple) else out)
+
+    hooks = [model.model.embed_tokens.register_forward_hook(keep)]
+    hooks += [layer.register_forward_hook(keep) for layer in decoder_layers(model)]
+    try:
+        yield states
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _logits(model, hidden) -> torch.Tensor:
@@ -188,17 +225,96 @@ class RoutedDraft(Drafter):
         self.threshold = min(1.0, max(0.0, THRESHOLD_MOMENTUM * self.threshold + (1 - THRESHOLD_MOMENTUM) * target))
 
 
-DRAFTERS = ("none", "routed_skip", "prompt_lookup")  # a category chooses among these
+class _CandidateCache:
+    """One layer's cache, the first `length` positions of a real one, shared by a batch of candidate
+    states of one new token (what the layer's attention reads and appends to; the real cache is
+    left untouched)."""
+
+    def __init__(self, layer_cache, length: int, batch: int):
+        self.keys = layer_cache.keys[..., :length, :].expand(batch, -1, -1, -1)
+        self.values = layer_cache.values[..., :length, :].expand(batch, -1, -1, -1)
+
+    def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None):
+        return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+
+
+@torch.no_grad()
+def clasp_layers(model, states: list[torch.Tensor], cache, position: int, n_skip: int, allowed) -> list[int]:
+    """CLaSp's dynamic programme: the `n_skip` layers (of `allowed`) to skip so that the token at
+    `position` ends each layer as close (cosine) to the full model's state there as the choices allow.
+
+    `states[i]` (d) is the full model's state entering layer i (`states[L]`: the last layer's
+    output); the cache holds that token's predecessors at every layer. g(i, j), the state after
+    layer i with j of layers 0..i skipped, is whichever of "layer i run on g(i-1, j)" and "layer i
+    skipped from g(i-1, j-1)" is closer to the full model's state after layer i; the candidates of
+    one layer run in one batched call. The skip set is read back from (L, n_skip)."""
+    layers, allowed = decoder_layers(model), set(allowed)
+    best = {0: (states[0], ())}  # skipped-so-far j -> (state, skipped layers)
+    for i, layer in enumerate(layers):
+        js = sorted(best)
+        batch = torch.stack([best[j][0] for j in js])[:, None, :]
+        position_ids = torch.full((1, 1), position, device=batch.device)
+        ran = layer(batch, attention_mask=None, position_ids=position_ids,
+                    past_key_values=_CandidateCache(cache.layers[i], position, len(js)), use_cache=True,
+                    position_embeddings=model.model.rotary_emb(batch, position_ids=position_ids))
+        ran = (ran[0] if isinstance(ran, tuple) else ran)[:, 0]
+        target = states[i + 1].float()[None]
+        ran_cos = torch.cosine_similarity(ran.float(), target, dim=-1).tolist()
+        kept_cos = torch.cosine_similarity(batch[:, 0].float(), target, dim=-1).tolist()  # skipping layer i
+        nxt = {}
+        for j in range(min(i + 1, n_skip) + 1):
+            options = []
+            if j in best:
+                row = js.index(j)
+                options.append((ran_cos[row], ran[row], best[j][1]))
+            if i in allowed and j - 1 in best:
+                row = js.index(j - 1)
+                options.append((kept_cos[row], batch[row, 0], best[j - 1][1] + (i,)))
+            if options:
+                cos, state, skipped = max(options, key=lambda o: o[0])
+                nxt[j] = (state, skipped)
+        best = nxt
+    return sorted(best[max(best)][1])
+
+
+class ClaspDraft(RoutedDraft):
+    """Self-speculation with CLaSp's dynamic skip set: every `interval` verify steps (and after the
+    prefill), `clasp_layers` chooses `n_skip` layers of `allowed` from the full model's states of
+    the last accepted token. Drafting stops as RoutedDraft's does (adaptive confidence threshold);
+    no shared prefix, as the verify must give every layer's state."""
+
+    name = "clasp"
+    needs_states = True
+
+    def __init__(self, n_skip: int, allowed, confidence: float = 0.8, interval: int = 1):
+        super().__init__(SkipPlan.make(), confidence, adaptive=True, share_prefix=False)
+        self.n_skip, self.allowed, self.interval = n_skip, list(allowed), interval
+        self.updates, self._since = 0, interval
+
+    def refresh(self, model, states: list[torch.Tensor], cache, position: int) -> None:
+        """After each verify (and the prefill): the full model's states of the last accepted token."""
+        self._since += 1
+        if self._since < self.interval:
+            return
+        self._since = 0
+        self.plan = SkipPlan.make(hard=clasp_layers(model, states, cache, position, self.n_skip, self.allowed))
+        self.updates += 1
+
+
+DRAFTERS = ("none", "routed_skip", "clasp", "prompt_lookup")  # a category chooses among these
 # routed_skip without one of its two refinements, measured to show what each buys
 ABLATIONS = ("routed_skip_fixed_threshold", "routed_skip_no_shared_prefix")
 
 
-def make_drafter(name: str, plan, confidence: float, ngram: int):
-    """A fresh drafter (the routed ones adapt their threshold within one generation)."""
+def make_drafter(name: str, plan, confidence: float, ngram: int, allowed=(), clasp_interval: int = 1):
+    """A fresh drafter (the routed ones adapt their threshold within one generation). CLaSp skips as
+    many layers as `plan`, chosen among `allowed` (the layers any plan may skip)."""
     if name == "none":
         return NoDraft()
     if name == "routed_skip":
         return RoutedDraft(plan, confidence)
+    if name == "clasp":
+        return ClaspDraft(len(plan.layers), allowed, confidence, clasp_interval)
     if name == "routed_skip_fixed_threshold":
         return RoutedDraft(plan, confidence, adaptive=False)
     if name == "routed_skip_no_shared_prefix":
@@ -218,18 +334,25 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
     synchronize(model.device)  # the clock starts with the device idle; each step ends reading tokens on the host
     started = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    # prefill all but the last prompt token; the loop feeds the last one with the first draft
-    if len(prompt_ids) > 1:
-        forward_tokens(model, prompt_ids[:-1], cache)
-    context = list(prompt_ids)
-    new: list[int] = []
+    record = getattr(drafter, "needs_states", False)
+    with recording_states(model) if record else nullcontext() as states:
+        first = prefill(model, prompt_ids, cache)  # the cache then holds every context token but the last
+    if record:
+        t0 = time.perf_counter()
+        drafter.refresh(model, [s[0, -1] for s in states], cache, len(prompt_ids) - 1)
+        stats.draft_seconds += time.perf_counter() - t0
+    context, new = list(prompt_ids) + [first], [first]
+    if first == eos_token_id or max_new_tokens <= 1:
+        stats.seconds = time.perf_counter() - started
+        return new[:max_new_tokens], stats
     while len(new) < max_new_tokens:
         room = max_new_tokens - len(new) - 1
         budget = min(gamma, room)
         t0 = time.perf_counter()
         draft = drafter.propose(model, context, cache, budget) if room > 0 else Draft()
         t1 = time.perf_counter()
-        predicted = _verify(model, context, draft, cache).argmax(-1).tolist()
+        with recording_states(model) if record else nullcontext() as states:
+            predicted = _verify(model, context, draft, cache).argmax(-1).tolist()
         stats.draft_seconds += t1 - t0
         stats.verify_seconds += time.perf_counter() - t1
         accepted = 0
@@ -238,6 +361,10 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
         drafter.observe(len(draft.tokens), accepted, budget)
         # keep the cache of the last context token and the accepted drafts only
         truncate_cache(cache, len(context) + accepted)
+        if record:  # the full model's states of the last accepted token, at its position
+            t0 = time.perf_counter()
+            drafter.refresh(model, [s[0, accepted] for s in states], cache, len(context) - 1 + accepted)
+            stats.draft_seconds += time.perf_counter() - t0
         step = draft.tokens[:accepted] + [predicted[accepted]]
         stats.steps += 1
         stats.drafted += len(draft.tokens)

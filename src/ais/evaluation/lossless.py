@@ -1,28 +1,102 @@
-"""Measuring the drafters per category, and choosing one: tokens/s against plain greedy in the
-same run, acceptance, mean accepted tokens per verify step, and exact match with plain greedy.
+"""Measuring lossless decoding against what a user already runs: transformers `generate` (greedy,
+and with its prompt lookup) in bfloat16 and float32, beside the project's loop with each drafter,
+on the same prompts in one run, in a seeded random order per prompt.
 
 Bookkeeping that keeps the reported speedup honest: each category's drafter is chosen on
 calibration prompts and its speedup is reported on other (test) prompts; the routing a drafter
 needs (the routed skip plan; for the chosen-drafter system, the category itself) is inside its
-clock; exact match counts drafted generations only (plain greedy is the reference itself)."""
+clock. Every speedup is against `generate` greedy in bfloat16, and also against `generate` in
+the same dtype.
+
+Exactness: in float32 every generation must equal `generate`'s tokens. In bfloat16 a k-token
+verify rounds differently from k one-token steps, so a token can flip where the reference's top-1
+and top-2 logits nearly tie; the stage measures that rounding (`rounding_delta`) and checks that
+every divergence happens at a reference margin below the bound (twice the largest logit change
+seen: a flip needs the margin to close, and each of the two logits moves at most that much)."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 import torch
+from scipy.optimize import brentq
 from transformers import DynamicCache
 from tqdm import tqdm
 
-from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, speculative_generate,
-                                     truncate_cache)
+from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, prefill,
+                                     speculative_generate, truncate_cache)
 from ais.device import synchronize
 from ais.evaluation.statistics import mean_interval
 from ais.evaluation.timing import time_interleaved
 from ais.model.prompts import chat_ids, context_length
 
-CHOICES = ("routed_skip", "prompt_lookup")  # what a category may choose instead of no draft
-ROUTED = ("routed_skip", *ABLATIONS)        # drafters that need the prompt's route
+BASELINES = ("generate", "generate_prompt_lookup")  # transformers, as a user calls it
+CHOICES = ("routed_skip", "clasp", "prompt_lookup")  # what a category may choose instead of no draft
+ROUTED = ("routed_skip", *ABLATIONS)                 # drafters that need the prompt's route
+REFERENCE_DTYPE = "bfloat16"                         # every speedup is against `generate` greedy in this dtype
+
+
+@torch.inference_mode()
+def generate_baseline(model, ids: list[int], max_new_tokens: int, eos_token_id: int | None,
+                      lookup: int | None = None) -> tuple[list[int], float]:
+    """(tokens, seconds) of transformers' greedy `generate`, with `prompt_lookup_num_tokens=lookup`
+    when given; tokens up to and including the end-of-sequence token."""
+    x = torch.tensor([ids], device=model.device)
+    extra = {"prompt_lookup_num_tokens": lookup} if lookup else {}
+    synchronize(model.device)
+    start = time.perf_counter()
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=eos_token_id, pad_token_id=model.generation_config.pad_token_id or 0,
+                         top_p=None, top_k=None, temperature=None, **extra)
+    tokens = out[0, len(ids):].tolist()
+    synchronize(model.device)
+    return tokens, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def step_logits(model, ids: list[int], tokens: list[int]) -> torch.Tensor:
+    """Logits (len(tokens) x vocab, float32) that predict each of `tokens`, computed as `generate`
+    computes them: the prompt's prefill, then one cached forward per token."""
+    cache = DynamicCache(config=model.config)
+    rows = [model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1).logits[0, -1]]
+    for token in tokens[:-1]:
+        rows.append(forward_tokens(model, [token], cache)[-1])
+    return torch.stack(rows).float()
+
+
+@torch.inference_mode()
+def chunk_logits(model, ids: list[int], tokens: list[int], k: int) -> torch.Tensor:
+    """The same logits computed as the verify computes them: the prefill, then forwards of k tokens."""
+    cache = DynamicCache(config=model.config)
+    rows = [model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1).logits[0, -1:]]
+    for start in range(0, len(tokens) - 1, k):
+        rows.append(forward_tokens(model, tokens[start:min(start + k, len(tokens) - 1)], cache))
+    return torch.cat(rows).float()
+
+
+def rounding_delta(model, ids: list[int], tokens: list[int], max_chunk: int) -> float:
+    """The largest logit difference between k-token forwards (k = 2..max_chunk) and one-token steps
+    over one continuation."""
+    steps = step_logits(model, ids, tokens)
+    return max((float((chunk_logits(model, ids, tokens, k) - steps).abs().max()) for k in range(2, max_chunk + 1)),
+               default=0.0)
+
+
+def margin_at_divergence(model, ids: list[int], reference: list[int], tokens: list[int]) -> tuple[int, float] | None:
+    """(first position where `tokens` leave `reference`, the reference's top-1 minus top-2 logit
+    there), or None where they agree (one stopping earlier counts from where it stopped)."""
+    n = min(len(reference), len(tokens))
+    first = next((i for i in range(n) if reference[i] != tokens[i]), None)
+    if first is None:
+        if len(reference) == len(tokens):
+            return None
+        first = n
+    if first >= len(reference):
+        return first, float("nan")
+    top2 = step_logits(model, ids, reference[:first + 1])[first].topk(2).values
+    return first, float(top2[0] - top2[1])
 
 
 @torch.inference_mode()
@@ -52,121 +126,218 @@ def route_seconds(decoder, tokenizer, prompt: str):
     return route, time.perf_counter() - start
 
 
-def generate_all(decoder, tokenizer, prompts_by_category: dict[str, list[str]], split: str, gamma: int,
-                 confidence: float, max_new_tokens: int, ngram: int, draft_fraction: float,
-                 progress: bool = True) -> list[dict]:
-    """One row per prompt and drafter (every drafter and ablation on every prompt, one after another):
-    tokens, seconds (routing included for the drafters that need it), steps, drafted and accepted
-    tokens, and whether the output equals plain greedy decoding's."""
-    model, eos = decoder.model, tokenizer.eos_token_id
-    limit = context_length(model) - max_new_tokens - gamma - 1
+def variants(dtypes: list[str], strict: str = "float32") -> list[tuple[str, str]]:
+    """(dtype, decoder) pairs measured on every prompt: the baselines and the loop's drafters in each
+    dtype; the routed drafter's ablations in the strict dtype only."""
+    out = [(d, name) for d in dtypes for name in BASELINES + DRAFTERS]
+    return out + [(strict, name) for name in ABLATIONS if strict in dtypes]
+
+
+def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str, list[str]], split: str,
+                 settings: dict, seed: int, progress: bool = True) -> list[dict]:
+    """One row per prompt, dtype and decoder: tokens, seconds (routing included for the drafters
+    that need it), steps, drafted and accepted tokens, and whether the tokens equal `generate`'s in
+    that dtype (with the first differing position and the reference's margin there)."""
+    eos, gamma = tokenizer.eos_token_id, settings["gamma"]
+    n_new, fraction = settings["max_new_tokens"], settings["draft_fraction"]
+    limit = context_length(decoder.model) - n_new - gamma - 1
+    allowed = decoder.skippable_layers()
+    rng = np.random.default_rng(seed)
+    pairs = variants(list(models))
     rows = []
     for category in tqdm(sorted(prompts_by_category), desc=f"lossless {split}", unit="category", disable=not progress):
         for i, prompt in enumerate(prompts_by_category[category]):
             route, routing_s = route_seconds(decoder, tokenizer, prompt)
-            plan = decoder.plan_for(route.category, draft_fraction, mode="hard")
+            plan = decoder.plan_for(route.category, fraction, mode="hard")
             ids = chat_ids(tokenizer, prompt, limit)
-            reference = None
-            for name in DRAFTERS + ABLATIONS:
-                drafter = make_drafter(name, plan, confidence, ngram)
-                tokens, stats = speculative_generate(model, ids, max_new_tokens, drafter, gamma, eos_token_id=eos)
-                reference = tokens if name == "none" else reference
-                rows.append({"split": split, "category": category, "prompt": i, "routed_category": route.category,
-                             "drafter": name, "tokens": len(tokens),
-                             "seconds": stats.seconds + (routing_s if name in ROUTED else 0.0),
-                             "routing_seconds": routing_s, "steps": stats.steps, "drafted": stats.drafted,
-                             "accepted": stats.accepted, "draft_seconds": stats.draft_seconds,
-                             "verify_seconds": stats.verify_seconds, "exact": int(tokens == reference),
-                             "threshold": getattr(drafter, "threshold", None),
-                             "text": tokenizer.decode(tokens, skip_special_tokens=True) if name == "none" else ""})
+            done = {}
+            for j in rng.permutation(len(pairs)):  # a fresh order per prompt: drift hits all alike
+                dtype, name = pairs[j]
+                model = models[dtype]
+                row = {"split": split, "category": category, "prompt": i, "routed_category": route.category,
+                       "dtype": dtype, "decoder": name, "routing_seconds": routing_s}
+                if name in BASELINES:
+                    tokens, seconds = generate_baseline(model, ids, n_new, eos, gamma if name != "generate" else None)
+                    row.update(seconds=seconds, steps=len(tokens), drafted=0, accepted=0, draft_seconds=0.0,
+                               verify_seconds=0.0, threshold=None, clasp_updates=None)
+                else:
+                    drafter = make_drafter(name, plan, settings["confidence"], settings["ngram"], allowed,
+                                           settings["clasp_interval"])
+                    tokens, stats = speculative_generate(model, ids, n_new, drafter, gamma, eos_token_id=eos)
+                    row.update(seconds=stats.seconds + (routing_s if name in ROUTED else 0.0), steps=stats.steps,
+                               drafted=stats.drafted, accepted=stats.accepted, draft_seconds=stats.draft_seconds,
+                               verify_seconds=stats.verify_seconds, threshold=getattr(drafter, "threshold", None),
+                               clasp_updates=getattr(drafter, "updates", None))
+                done[(dtype, name)] = (row, tokens)
+            for (dtype, name), (row, tokens) in done.items():
+                reference = done[(dtype, "generate")][1]
+                divergence = margin_at_divergence(models[dtype], ids, reference, tokens)
+                row.update(tokens=len(tokens), identical=int(divergence is None), token_ids=tokens,
+                           first_difference=divergence[0] if divergence else None,
+                           reference_margin=round(divergence[1], 4) if divergence else None,
+                           text=tokenizer.decode(tokens, skip_special_tokens=True) if name == "generate" else "")
+                rows.append(row)
     return rows
 
 
-def summarise(rows: list[dict], name: str) -> dict:
-    """Totals of one drafter's rows against plain greedy on the same prompts."""
-    mine = [r for r in rows if r["drafter"] == name]
-    base = [r for r in rows if r["drafter"] == "none"]
-    rate = sum(r["tokens"] for r in mine) / sum(r["seconds"] for r in mine)
-    base_rate = sum(r["tokens"] for r in base) / sum(r["seconds"] for r in base)
+def _rate(rows: list[dict]) -> float:
+    return sum(r["tokens"] for r in rows) / sum(r["seconds"] for r in rows)
+
+
+def _per_prompt(rows: list[dict]) -> dict:
+    return {(r["category"], r["prompt"]): r for r in rows}
+
+
+def speedup_against(rows: list[dict], mine: list[dict], dtype: str, decoder: str, seed: int) -> dict:
+    """Pooled tokens/s of `mine` over those of (dtype, decoder) on the same prompts, and the mean of
+    per-prompt speed ratios with its interval."""
+    base = _per_prompt([r for r in rows if r["dtype"] == dtype and r["decoder"] == decoder])
+    ratios = [(r["tokens"] / r["seconds"]) / (base[k]["tokens"] / base[k]["seconds"]) for k, r in _per_prompt(mine).items()]
+    interval = mean_interval(ratios, seed)
+    return {"speedup": round(_rate(mine) / _rate(list(base[k] for k in _per_prompt(mine))), 4),
+            **{k: round(v, 4) for k, v in interval.as_dict("per_prompt_speedup").items()}}
+
+
+def summarise(rows: list[dict], dtype: str, name: str, seed: int) -> dict:
+    """One decoder in one dtype: tokens/s, speedups against `generate` in bfloat16 and in its own
+    dtype, acceptance, draft and verify time, identity with `generate`."""
+    mine = [r for r in rows if r["dtype"] == dtype and r["decoder"] == name]
     drafted, steps = sum(r["drafted"] for r in mine), sum(r["steps"] for r in mine)
-    out = {"tok_per_s": round(rate, 2), "speedup": round(rate / base_rate, 4),
-           "acceptance_rate": round(sum(r["accepted"] for r in mine) / drafted, 4) if drafted else 0.0,
-           "mean_accepted": round(sum(r["accepted"] for r in mine) / steps, 4) if steps else 0.0,
-           "draft_ms_per_token": round(1000 * sum(r["draft_seconds"] for r in mine) / drafted, 3) if drafted else 0.0,
-           "verify_ms_per_step": round(1000 * sum(r["verify_seconds"] for r in mine) / steps, 3) if steps else 0.0}
-    if name != "none":
-        out["exact_match"] = round(float(np.mean([r["exact"] for r in mine])), 4)
-    thresholds = [r["threshold"] for r in mine if r["threshold"] is not None]
-    if thresholds:
-        out["final_threshold_range"] = [round(min(thresholds), 4), round(max(thresholds), 4)]
+    out = {"tok_per_s": round(_rate(mine), 2)}
+    if any(r["dtype"] == REFERENCE_DTYPE for r in rows):
+        out["vs_generate_bf16"] = speedup_against(rows, mine, REFERENCE_DTYPE, "generate", seed)
+    out["vs_generate_same_dtype"] = speedup_against(rows, mine, dtype, "generate", seed)
+    out["identical_to_generate"] = round(float(np.mean([r["identical"] for r in mine])), 4)
+    if name not in BASELINES:
+        out.update(acceptance_rate=round(sum(r["accepted"] for r in mine) / drafted, 4) if drafted else 0.0,
+                   mean_accepted=round(sum(r["accepted"] for r in mine) / steps, 4) if steps else 0.0,
+                   drafted_per_step=round(drafted / steps, 4) if steps else 0.0,
+                   draft_ms_per_token=round(1000 * sum(r["draft_seconds"] for r in mine) / drafted, 3) if drafted else 0.0,
+                   verify_ms_per_step=round(1000 * sum(r["verify_seconds"] for r in mine) / steps, 3) if steps else 0.0)
     return out
 
 
-def choose_drafters(calibration: list[dict], min_speedup: float) -> dict[str, str]:
-    """Per category, the drafter with the best speedup on the calibration prompts if it beats plain
-    greedy by more than `min_speedup`, else none."""
+def cost_model(summary: dict, verify_ms: dict[int, float]) -> dict:
+    """Why a drafter pays or not: c = draft cost per token as a fraction of a plain step, alpha =
+    acceptance rate, g = tokens drafted per step. Leviathan et al.'s expected tokens per step
+    (1 - alpha^(g+1)) / (1 - alpha) over the cost g*c + 1, and the same with the measured tokens per
+    step and the measured cost of verifying g + 1 tokens; what c would break even at this acceptance,
+    and what acceptance at this c."""
+    plain = verify_ms[1]
+    g, alpha = summary["drafted_per_step"], summary["acceptance_rate"]
+    if g == 0:
+        return {"c": 0.0, "alpha": 0.0, "drafted_per_step": 0.0, "predicted_leviathan": 1.0, "predicted_measured_cost": 1.0}
+    c = summary["draft_ms_per_token"] / plain
+    verify = np.interp(g + 1, list(verify_ms), list(verify_ms.values())) / plain
+
+    def expected(a: float) -> float:
+        return g + 1 if a >= 1 else (1 - a ** (g + 1)) / (1 - a)
+
+    tokens = summary["mean_accepted"] + 1
+    out = {"c": round(c, 4), "alpha": alpha, "drafted_per_step": g, "verify_cost": round(float(verify), 4),
+           "predicted_leviathan": round(expected(alpha) / (g * c + 1), 4),
+           "predicted_measured_cost": round(tokens / (g * c + verify), 4),
+           "c_to_break_even": round(max(0.0, (tokens - verify) / g), 4)}
+    need = lambda a: expected(a) / (g * c + 1) - 1  # noqa: E731 - the break-even condition in alpha
+    out["alpha_to_break_even"] = round(brentq(need, 0.0, 1.0 - 1e-9), 4) if need(0.0) < 0 < need(1.0 - 1e-9) else None
+    return out
+
+
+def choose_drafters(calibration: list[dict], dtype: str, min_speedup: float) -> dict[str, str]:
+    """Per category, the drafter with the most tokens/s on the calibration prompts in `dtype` if it
+    beats the loop with no draft by more than `min_speedup`, else none."""
     chosen = {}
     for category in sorted({r["category"] for r in calibration}):
-        rows = [r for r in calibration if r["category"] == category]
-        speed = {name: summarise(rows, name)["speedup"] for name in CHOICES}
-        best = max(CHOICES, key=lambda n: speed[n])
-        chosen[category] = best if speed[best] > min_speedup else "none"
+        rows = [r for r in calibration if r["category"] == category and r["dtype"] == dtype]
+        rate = {name: _rate([r for r in rows if r["decoder"] == name]) for name in ("none",) + CHOICES}
+        best = max(CHOICES, key=lambda n: rate[n])
+        chosen[category] = best if rate[best] / rate["none"] > min_speedup else "none"
     return chosen
 
 
-def system_speedup(test: list[dict], chosen: dict[str, str], seed: int) -> dict:
+def system_rows(test: list[dict], chosen: dict[str, str], dtype: str) -> list[dict]:
     """The chosen-drafter system on the test prompts: every prompt is routed (the choice needs its
-    category; routing by the routed category, as deployed), then decoded with that category's drafter.
-    Speedup of total tokens/s over plain greedy, and the mean per-prompt speedup with its interval."""
-    by_prompt: dict[tuple, dict] = {}
-    for r in test:
-        by_prompt.setdefault((r["category"], r["prompt"]), {})[r["drafter"]] = r
-    plain, system = [], []
-    for drafters in by_prompt.values():
-        base = drafters["none"]
+    category; routing by the routed category, as deployed), then decoded with that category's
+    drafter in `dtype`; its rows, with the routing in every clock."""
+    rows = _per_prompt([r for r in test if r["dtype"] == dtype and r["decoder"] == "none"])
+    out = []
+    for key, base in rows.items():
         name = chosen.get(base["routed_category"], "none")
-        used = drafters[name]
-        seconds = used["seconds"] + (0.0 if name in ROUTED else used["routing_seconds"])
-        plain.append((base["tokens"], base["seconds"]))
-        system.append((used["tokens"], seconds))
-    rate = sum(t for t, _ in system) / sum(s for _, s in system)
-    base_rate = sum(t for t, _ in plain) / sum(s for _, s in plain)
-    per_prompt = mean_interval([p[1] / s[1] for p, s in zip(plain, system)], seed)
-    return {"speedup": round(rate / base_rate, 4), **{k: round(v, 4) for k, v in per_prompt.as_dict("per_prompt_speedup").items()}}
+        used = next(r for r in test if r["dtype"] == dtype and r["decoder"] == name and (r["category"], r["prompt"]) == key)
+        out.append({**used, "decoder": "system", "chosen": name,
+                    "seconds": used["seconds"] + (0.0 if name in ROUTED else used["routing_seconds"])})
+    return out
 
 
-def measure(decoder, tokenizer, calibration: dict[str, list[str]], test: dict[str, list[str]], gamma: int,
-            confidence: float, max_new_tokens: int, ngram: int, draft_fraction: float, min_speedup: float,
-            seed: int, progress: bool = True):
-    """(per-category results, overall metrics, per-generation rows, one example generation)."""
-    model = decoder.model
-    limit = context_length(model) - max_new_tokens - gamma - 1
+def exactness(rows: list[dict], bound: dict[str, float]) -> dict:
+    """Per dtype: the share of the loop's and of transformers' assisted generations identical to
+    `generate`; the divergences, each with the reference's margin at the first differing token,
+    and whether every one lies below that dtype's rounding bound."""
+    out = {}
+    for dtype in sorted({r["dtype"] for r in rows}):
+        mine = [r for r in rows if r["dtype"] == dtype and r["decoder"] != "generate"]
+        diverged = [r for r in mine if not r["identical"]]
+        margins = [r["reference_margin"] for r in diverged]
+        out[dtype] = {"identical_share": round(float(np.mean([r["identical"] for r in mine])), 4),
+                      "n_generations": len(mine), "n_divergent": len(diverged),
+                      "rounding_delta": round(bound[dtype] / 2, 5), "bound": round(bound[dtype], 5),
+                      "divergent_margins": sorted(round(m, 4) for m in margins if m == m),
+                      "all_divergences_below_bound": bool(all(m == m and m < bound[dtype] for m in margins))}
+    return out
+
+
+def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]], test: dict[str, list[str]],
+            settings: dict, system_dtype: str, seed: int, progress: bool = True):
+    """(per-category results, overall metrics, per-generation rows, one example generation).
+    `models` maps dtype names to the model loaded in that dtype; the chosen system runs in `system_dtype`."""
+    gamma = settings["gamma"]
+    limit = context_length(decoder.model) - settings["max_new_tokens"] - gamma - 1
     warm = chat_ids(tokenizer, "Hello", limit)
-    for name in DRAFTERS + ABLATIONS:  # warm-up of every code path
-        plan = decoder.plan_for(decoder.topo.categories[0], mode="hard")
-        speculative_generate(model, warm, 4, make_drafter(name, plan, confidence, ngram), gamma)
-    args = (gamma, confidence, max_new_tokens, ngram, draft_fraction)
-    rows = generate_all(decoder, tokenizer, calibration, "calibration", *args, progress=progress)
-    rows += generate_all(decoder, tokenizer, test, "test", *args, progress=progress)
-    chosen = choose_drafters([r for r in rows if r["split"] == "calibration"], min_speedup)
+    plan = decoder.plan_for(decoder.topo.categories[0], settings["draft_fraction"], mode="hard")
+    for dtype, name in variants(list(models)):  # warm-up of every code path
+        if name in BASELINES:
+            generate_baseline(models[dtype], warm, 4, None, gamma if name != "generate" else None)
+        else:
+            drafter = make_drafter(name, plan, settings["confidence"], settings["ngram"], plan.layers, 1)
+            speculative_generate(models[dtype], warm, 4, drafter, gamma)
+    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", settings, seed, progress)
+    rows += generate_all(decoder, tokenizer, models, test, "test", settings, seed + 1, progress)
+    chosen = choose_drafters([r for r in rows if r["split"] == "calibration"], system_dtype, settings["min_speedup"])
     test_rows = [r for r in rows if r["split"] == "test"]
+    test_rows += system_rows(test_rows, chosen, system_dtype)
+    names = [(d, n) for d, n in variants(list(models))] + [(system_dtype, "system")]
+    first = next(r for r in test_rows if r["decoder"] == "generate")
+    ids = {d: chat_ids(tokenizer, test[first["category"]][0], limit) for d in models}
+    verify_ms = {d: verify_cost(m, ids[d], gamma + 1) for d, m in models.items()}
+    held = {(c, i): p for c, ps in test.items() for i, p in enumerate(ps)}
+    bound = {}
+    for dtype, model in models.items():  # the rounding of k-token forwards, on every test prompt's reference
+        refs = [r for r in test_rows if r["dtype"] == dtype and r["decoder"] == "generate"]
+        bound[dtype] = 2 * max(rounding_delta(model, chat_ids(tokenizer, held[(r["category"], r["prompt"])], limit),
+                                              r["token_ids"], gamma + 1) for r in refs)
+    drafters = {}
+    for dtype, name in names:
+        summary = summarise(test_rows, dtype, name, seed)
+        if name not in BASELINES and name != "system":
+            summary["cost_model"] = cost_model(summary, verify_ms[dtype])
+        drafters.setdefault(dtype, {})[name] = summary
+    reference = (REFERENCE_DTYPE if REFERENCE_DTYPE in models else system_dtype, "generate")
     per_category = {}
     for category in sorted(test):
         mine = [r for r in test_rows if r["category"] == category]
-        drafters = {name: summarise(mine, name) for name in DRAFTERS + ABLATIONS}
-        per_category[category] = {"drafter": chosen[category], "speedup": drafters[chosen[category]]["speedup"],
-                                  "n_prompts": len(test[category]), "drafters": drafters}
-    drafted = [r["exact"] for r in rows if r["drafter"] != "none"]
-    first = next(r for r in test_rows if r["drafter"] == "none")
-    overall = {"exact_match_drafted": round(float(np.mean(drafted)), 4), "n_drafted_generations": len(drafted),
+        base = _rate([r for r in mine if (r["dtype"], r["decoder"]) == reference])
+        per_category[category] = {"drafter": chosen[category], "n_prompts": len(test[category]),
+                                  "speedup_vs": "/".join(reference),
+                                  **{f"{d}/{n}": round(_rate([r for r in mine if (r["dtype"], r["decoder"]) == (d, n)]) / base, 4)
+                                     for d, n in names}}
+    overall = {"system_dtype": system_dtype, "chosen": chosen, "system": drafters[system_dtype]["system"],
+               "exactness": exactness([r for r in rows if r["decoder"] != "system"], bound),
                "n_calibration_prompts": sum(len(p) for p in calibration.values()),
                "n_test_prompts": sum(len(p) for p in test.values()),
-               "drafters": {name: summarise(test_rows, name) for name in DRAFTERS + ABLATIONS},
-               "chosen_system": system_speedup(test_rows, chosen, seed),
-               "verify_ms_by_tokens": verify_cost(model, chat_ids(tokenizer, test[first["category"]][0], limit), gamma + 1),
-               "max_new_tokens": max_new_tokens, "gamma": gamma, "confidence": confidence, "ngram": ngram,
-               "draft_fraction": draft_fraction}
+               "decoders": drafters, "verify_ms_by_tokens": verify_ms, **settings}
     example = {"category": first["category"], "prompt": test[first["category"]][0], "reply": first["text"]}
-    for r in rows:
-        r.pop("text")
-    return per_category, overall, rows, example
+    for r in rows + test_rows:
+        r.pop("text", None)
+        r.pop("token_ids", None)
+    return per_category, overall, rows + [r for r in test_rows if r["decoder"] == "system"], example
+

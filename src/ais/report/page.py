@@ -209,44 +209,8 @@ def build_report(reports: Path, params: dict) -> str:
                 _table(["prefill", "full req/s", "routed req/s", "speedup", "static plan", "ideal", "router / full"], pre), "",
                 _table(["generation", "full tok/s", "routed tok/s", "speedup", "ideal"], gen), ""]
     lossless = _json(reports / "lossless.json")
-    if lossless:
-        dtype = params.get("lossless", {}).get("dtype", "?")
-        system = lossless["chosen_system"]
-        out += ["## Lossless speculative decoding (stage `lossless`)", "",
-                f"Greedy generation of {lossless['max_new_tokens']} tokens, {dtype}, against plain greedy decoding in "
-                f"the same run; gamma {lossless['gamma']}. Each category's drafter was chosen on "
-                f"{lossless['n_calibration_prompts']} calibration prompts; every speedup below is measured on "
-                f"{lossless['n_test_prompts']} other (test) prompts, with the routing a drafter needs inside its clock. "
-                f"Exact match of drafted generations with plain greedy: **{lossless['exact_match_drafted']}** "
-                f"({lossless['n_drafted_generations']} generations). The chosen-drafter system on the test prompts: "
-                f"x{system['speedup']} (mean per-prompt speedup {system['per_prompt_speedup']} "
-                f"[{system['per_prompt_speedup_ci_low']}, {system['per_prompt_speedup_ci_high']}]).", "",
-                _table(["category", "chosen", "speedup (test)", "routed_skip speedup",
-                        "routed_skip accepted/step", "prompt_lookup speedup", "prompt_lookup accepted/step"],
-                       [[c, v["drafter"], v["speedup"],
-                         v["drafters"]["routed_skip"]["speedup"], v["drafters"]["routed_skip"]["mean_accepted"],
-                         v["drafters"]["prompt_lookup"]["speedup"], v["drafters"]["prompt_lookup"]["mean_accepted"]]
-                        for c, v in lossless["per_category"].items()]), ""]
-        if lossless.get("drafters"):
-            out += ["All test prompts pooled, every drafter (the two `routed_skip_*` rows are `routed_skip` without its "
-                    "adaptive threshold, or without reusing the layers below the lowest skipped one in the verify):", "",
-                    _table(["drafter", "speedup", "acceptance rate", "accepted/step", "exact match",
-                            "draft ms/token", "verify ms/step"],
-                           [[d, v["speedup"], v["acceptance_rate"], v["mean_accepted"], v.get("exact_match", "reference"),
-                             v.get("draft_ms_per_token"), v.get("verify_ms_per_step")]
-                            for d, v in lossless["drafters"].items()]), "",
-                    "A verify step of `none` is one plain decoding step. A step yields accepted/step + 1 tokens "
-                    "and costs its drafted tokens times the draft cost plus one verify, so a drafter pays only "
-                    "where that sum stays below (accepted/step + 1) plain steps.", ""]
-            if lossless.get("verify_ms_by_tokens"):
-                out += ["What one cached full-model forward costs against the number of tokens it scores "
-                        f"({dtype}, median ms):", "",
-                        _table(["tokens"] + list(lossless["verify_ms_by_tokens"]),
-                               [["ms"] + list(lossless["verify_ms_by_tokens"].values())]), ""]
-            out += ["![lossless](lossless.png)", ""]
-        if lossless.get("example"):
-            ex = lossless["example"]
-            out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]
+    if lossless and "exactness" in lossless:
+        out += lossless_section(lossless)
     mc = _json(reports / "multiple_choice.json")
     if mc:
         out += multiple_choice_section(mc)
@@ -276,3 +240,76 @@ def build_report(reports: Path, params: dict) -> str:
                 "", "Mean per method: " + ", ".join(f"{m} {v}" for m, v in importance["split_half_spearman_by_method"].items())
                 + ".", "", "![importance](importance.png)", ""]
     return "\n".join(out)
+
+
+def _speedup_words(v: dict, against: str) -> str:
+    """'x1.21 [1.10, 1.33]' and what the interval supports, for one speedup dict."""
+    low, high = v["per_prompt_speedup_ci_low"], v["per_prompt_speedup_ci_high"]
+    verdict = ("faster than" if low > 1 else "slower than" if high < 1 else "no measurable difference from")
+    return (f"x{v['speedup']} pooled (mean per-prompt ratio {v['per_prompt_speedup']} [{low}, {high}]: "
+            f"{verdict} {against})")
+
+
+def lossless_section(lossless: dict) -> list[str]:
+    """The lossless stage: the user's baselines and every drafter in both dtypes, the chosen system,
+    exactness with the bfloat16 rounding bound, and the cost model that says why a drafter pays."""
+    sys_dtype, system = lossless["system_dtype"], lossless["system"]
+    decoders = lossless["decoders"]
+    out = ["## Lossless decoding (stage `lossless`)", "",
+           f"Greedy generation of {lossless['max_new_tokens']} tokens at batch 1, gamma {lossless['gamma']}, against "
+           "transformers `generate` (greedy, and with `prompt_lookup_num_tokens`) in bfloat16 and float32, on the same "
+           "prompts in one run, in a fresh random order per prompt. Each category's drafter was chosen on "
+           f"{lossless['n_calibration_prompts']} calibration prompts; every number below is measured on "
+           f"{lossless['n_test_prompts']} other (test) prompts, with the routing a drafter needs inside its clock. "
+           f"The system runs in {sys_dtype} (`lossless.dtype`).", "",
+           f"**The chosen-drafter system: {_speedup_words(system['vs_generate_bf16'], 'bfloat16 `generate`')}; "
+           f"{_speedup_words(system['vs_generate_same_dtype'], f'{sys_dtype} `generate`')}.**", ""]
+    rows = []
+    for dtype, named in decoders.items():
+        for name, v in named.items():
+            b, same = v.get("vs_generate_bf16", {}), v["vs_generate_same_dtype"]
+            rows.append([dtype, name, v["tok_per_s"], b.get("speedup"),
+                         f"[{b.get('per_prompt_speedup_ci_low')}, {b.get('per_prompt_speedup_ci_high')}]",
+                         same["speedup"], v["identical_to_generate"], v.get("mean_accepted", ""),
+                         v.get("draft_ms_per_token", ""), v.get("verify_ms_per_step", "")])
+    out += ["Every decoder, all test prompts pooled (speedups: pooled tokens/s ratio; interval: mean per-prompt ratio, "
+            "95% bootstrap). `none` is the project's loop with no draft; `routed_skip_*` are the routed drafter without "
+            "its adaptive threshold or without reusing the layers below the lowest skipped one.", "",
+            _table(["dtype", "decoder", "tok/s", "vs bf16 generate", "95% interval", "vs same-dtype generate",
+                    "identical to generate", "accepted/step", "draft ms/token", "verify ms/step"], rows), ""]
+    cost = [[dtype, name, c["c"], c["alpha"], c["drafted_per_step"], c.get("verify_cost", ""), c["predicted_leviathan"],
+             c["predicted_measured_cost"], v["vs_generate_same_dtype"]["speedup"], c.get("c_to_break_even", ""),
+             c.get("alpha_to_break_even") or ("none suffices" if "alpha_to_break_even" in c else "")]
+            for dtype, named in decoders.items() for name, v in named.items() if (c := v.get("cost_model"))]
+    out += ["Cost model (Leviathan et al.): c = draft cost per token as a fraction of a plain step, alpha = acceptance "
+            "rate, g = tokens drafted per step; the predicted speedup is the expected tokens per step "
+            "(1 - alpha^(g+1)) / (1 - alpha) over g*c + 1, and again with the measured tokens per step and the "
+            "measured cost of verifying g + 1 tokens. A drafter pays only where c is below its break-even value at "
+            "its acceptance (or its acceptance above the break-even value at its c).", "",
+            _table(["dtype", "drafter", "c", "alpha", "g", "verify cost (steps)", "predicted (Leviathan)",
+                    "predicted (measured costs)", "measured (vs same-dtype generate)", "c to break even",
+                    "alpha to break even"], cost), ""]
+    exact = lossless["exactness"]
+    for dtype, e in exact.items():
+        out.append(f"- **{dtype}**: {e['identical_share']} of {e['n_generations']} generations identical to `generate` "
+                   f"in {dtype} ({e['n_divergent']} divergent); the largest logit change between a several-token "
+                   f"forward and one-token steps is {e['rounding_delta']}, so a flip is possible only where the "
+                   f"reference's top-1 and top-2 logits are closer than {e['bound']}. "
+                   + (f"Margins at the divergences: {e['divergent_margins']}; " if e["n_divergent"] else "")
+                   + ("no divergence." if not e["n_divergent"] else
+                      "every divergence lies below the bound (rounding ties)." if e["all_divergences_below_bound"]
+                      else "**a divergence lies above the bound: not explained by rounding.**"))
+    verify = lossless["verify_ms_by_tokens"]
+    widths = sorted({n for v in verify.values() for n in v}, key=int)
+    out += ["", "What one cached full-model forward costs against the tokens it scores (median ms):", "",
+            _table(["dtype"] + [str(n) for n in widths], [[d] + [v.get(n) for n in widths] for d, v in verify.items()]),
+            "", "Per category (tokens/s against " + next(iter(lossless["per_category"].values()))["speedup_vs"]
+            + " `generate`; the chosen drafter runs in the system):", ""]
+    cats = lossless["per_category"]
+    keys = [k for k in next(iter(cats.values())) if "/" in k and k != "speedup_vs" and "routed_skip_" not in k]
+    out += [_table(["category", "chosen"] + keys, [[c, v["drafter"]] + [v[k] for k in keys] for c, v in cats.items()]),
+            "", "![lossless](lossless.png)", ""]
+    if lossless.get("example"):
+        ex = lossless["example"]
+        out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]
+    return out
