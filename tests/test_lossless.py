@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ais.evaluation.lossless import (chunk_logits, cost_model, exactness, generate_baseline, margin_at_divergence,
-                                     measure, rounding_delta, step_logits)
+from ais.evaluation.lossless import (continuation_logits, cost_model, exactness, generate_baseline, margin_at_divergence,
+                                     measure, rounding_delta)
 from conftest import tiny_llama, tiny_routed_decoder, tiny_tokenizer
 
 PROMPT = [1, 5, 9, 14, 22, 7]
@@ -15,10 +15,10 @@ PROMPT = [1, 5, 9, 14, 22, 7]
 def test_chunked_forwards_give_the_one_step_logits_in_float64():
     model = tiny_llama(dtype=torch.float64, seed=3)
     tokens = generate_baseline(model, PROMPT, 12, None)[0]
-    steps = step_logits(model, PROMPT, tokens)
+    steps = continuation_logits(model, PROMPT, tokens)
     assert steps.shape == (12, 97) and steps.argmax(-1).tolist() == tokens  # generate's own computation
     for k in (2, 3, 5):
-        torch.testing.assert_close(chunk_logits(model, PROMPT, tokens, k), steps, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(continuation_logits(model, PROMPT, tokens, k), steps, rtol=1e-9, atol=1e-9)
     assert rounding_delta(model, PROMPT, tokens, 5) < 1e-9
 
 
@@ -35,7 +35,7 @@ def test_margin_at_divergence_is_the_references_top_two_gap_at_the_first_differe
     assert margin_at_divergence(model, PROMPT, reference, reference) is None
     other = reference[:4] + [(reference[4] + 1) % 97] + reference[5:]
     position, margin = margin_at_divergence(model, PROMPT, reference, other)
-    top = step_logits(model, PROMPT, reference)[4].topk(2).values
+    top = continuation_logits(model, PROMPT, reference)[4].topk(2).values
     assert position == 4 and margin == pytest.approx(float(top[0] - top[1]))
     assert margin_at_divergence(model, PROMPT, reference, reference[:6])[0] == 6  # stopped early
 

@@ -114,7 +114,7 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     # the same tokens as `generate`; in bfloat16 any divergence is a rounding tie
     lossless = before["lossless.json"]
     assert lossless["exactness"]["float32"]["identical_share"] == 1.0
-    assert lossless["exactness"]["float32"]["n_generations"] == 6 * 7  # 6 prompts; generate's prompt lookup, 4 drafters, 2 ablations
+    assert lossless["exactness"]["float32"]["n_generations"] == 3 * 7  # 3 test prompts; generate's prompt lookup, 4 drafters, 2 ablations
     assert lossless["exactness"]["bfloat16"]["all_divergences_below_bound"]
     assert lossless["n_calibration_prompts"] == lossless["n_test_prompts"] == 3
     assert set(lossless["decoders"]["float32"]) == {"generate", "generate_prompt_lookup", "none", "routed_skip", "clasp",

@@ -89,12 +89,16 @@ def forward_tokens(model, ids: list[int], cache) -> torch.Tensor:
     return out.logits[0]
 
 
+def prefill_logits(model, ids: list[int], cache) -> torch.Tensor:
+    """Fill the cache with the prompt and return the logits (1 x vocab) of the first new token, as
+    `generate` does: the head runs on the last position only."""
+    return model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
+                 logits_to_keep=1).logits[0, -1:]
+
+
 def prefill(model, ids: list[int], cache) -> int:
-    """Fill the cache with the prompt and return the first new (greedy) token, as `generate` does:
-    the head runs on the last position only."""
-    out = model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
-    return int(out.logits[0, -1].argmax())
+    """Fill the cache with the prompt and return the first new (greedy) token."""
+    return int(prefill_logits(model, ids, cache)[-1].argmax())
 
 
 @contextmanager

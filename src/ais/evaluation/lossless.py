@@ -3,7 +3,8 @@ and with its prompt lookup) in bfloat16 and float32, beside the project's loop w
 on the same prompts in one run, in a seeded random order per prompt.
 
 Bookkeeping that keeps the reported speedup honest: each category's drafter is chosen on
-calibration prompts and its speedup is reported on other (test) prompts; the routing a drafter
+calibration prompts (where only the system's dtype and the candidates are run) and its speedup,
+like every other number, is reported on other (test) prompts; the routing a drafter
 needs (the routed skip plan; for the chosen-drafter system, the category itself) is inside its
 clock. Every speedup is against `generate` greedy in bfloat16, and also against `generate` in
 the same dtype.
@@ -23,7 +24,7 @@ from scipy.optimize import brentq
 from transformers import DynamicCache
 from tqdm import tqdm
 
-from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, prefill,
+from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, prefill_logits,
                                      speculative_generate, truncate_cache)
 from ais.device import synchronize
 from ais.evaluation.statistics import mean_interval
@@ -54,23 +55,11 @@ def generate_baseline(model, ids: list[int], max_new_tokens: int, eos_token_id: 
 
 
 @torch.inference_mode()
-def step_logits(model, ids: list[int], tokens: list[int]) -> torch.Tensor:
-    """Logits (len(tokens) x vocab, float32) that predict each of `tokens`, computed as `generate`
-    computes them: the prompt's prefill, then one cached forward per token."""
+def continuation_logits(model, ids: list[int], tokens: list[int], k: int = 1) -> torch.Tensor:
+    """Logits (len(tokens) x vocab, float32) that predict each of `tokens` after the prompt `ids`: the
+    prefill, then cached forwards of k tokens (k = 1: as `generate` computes them; k > 1: as a verify)."""
     cache = DynamicCache(config=model.config)
-    rows = [model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
-                  logits_to_keep=1).logits[0, -1]]
-    for token in tokens[:-1]:
-        rows.append(forward_tokens(model, [token], cache)[-1])
-    return torch.stack(rows).float()
-
-
-@torch.inference_mode()
-def chunk_logits(model, ids: list[int], tokens: list[int], k: int) -> torch.Tensor:
-    """The same logits computed as the verify computes them: the prefill, then forwards of k tokens."""
-    cache = DynamicCache(config=model.config)
-    rows = [model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
-                  logits_to_keep=1).logits[0, -1:]]
+    rows = [prefill_logits(model, ids, cache)]
     for start in range(0, len(tokens) - 1, k):
         rows.append(forward_tokens(model, tokens[start:min(start + k, len(tokens) - 1)], cache))
     return torch.cat(rows).float()
@@ -79,8 +68,8 @@ def chunk_logits(model, ids: list[int], tokens: list[int], k: int) -> torch.Tens
 def rounding_delta(model, ids: list[int], tokens: list[int], max_chunk: int) -> float:
     """The largest logit difference between k-token forwards (k = 2..max_chunk) and one-token steps
     over one continuation."""
-    steps = step_logits(model, ids, tokens)
-    return max((float((chunk_logits(model, ids, tokens, k) - steps).abs().max()) for k in range(2, max_chunk + 1)),
+    steps = continuation_logits(model, ids, tokens)
+    return max((float((continuation_logits(model, ids, tokens, k) - steps).abs().max()) for k in range(2, max_chunk + 1)),
                default=0.0)
 
 
@@ -95,7 +84,7 @@ def margin_at_divergence(model, ids: list[int], reference: list[int], tokens: li
         first = n
     if first >= len(reference):
         return first, float("nan")
-    top2 = step_logits(model, ids, reference[:first + 1])[first].topk(2).values
+    top2 = continuation_logits(model, ids, reference[:first + 1])[first].topk(2).values
     return first, float(top2[0] - top2[1])
 
 
@@ -134,8 +123,8 @@ def variants(dtypes: list[str], strict: str = "float32") -> list[tuple[str, str]
 
 
 def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str, list[str]], split: str,
-                 settings: dict, seed: int, progress: bool = True) -> list[dict]:
-    """One row per prompt, dtype and decoder: tokens, seconds (routing included for the drafters
+                 pairs: list[tuple[str, str]], settings: dict, seed: int, progress: bool = True) -> list[dict]:
+    """One row per prompt and (dtype, decoder) pair (`generate` among them in each dtype): tokens, seconds (routing included for the drafters
     that need it), steps, drafted and accepted tokens, and whether the tokens equal `generate`'s in
     that dtype (with the first differing position and the reference's margin there)."""
     eos, gamma = tokenizer.eos_token_id, settings["gamma"]
@@ -143,7 +132,6 @@ def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str
     limit = context_length(decoder.model) - n_new - gamma - 1
     allowed = decoder.skippable_layers()
     rng = np.random.default_rng(seed)
-    pairs = variants(list(models))
     rows = []
     for category in tqdm(sorted(prompts_by_category), desc=f"lossless {split}", unit="category", disable=not progress):
         for i, prompt in enumerate(prompts_by_category[category]):
@@ -300,8 +288,9 @@ def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]],
         else:
             drafter = make_drafter(name, plan, settings["confidence"], settings["ngram"], plan.layers, 1)
             speculative_generate(models[dtype], warm, 4, drafter, gamma)
-    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", settings, seed, progress)
-    rows += generate_all(decoder, tokenizer, models, test, "test", settings, seed + 1, progress)
+    choice = [(system_dtype, name) for name in ("generate", "none", *CHOICES)]  # all the choice needs
+    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", choice, settings, seed, progress)
+    rows += generate_all(decoder, tokenizer, models, test, "test", variants(list(models)), settings, seed + 1, progress)
     chosen = choose_drafters([r for r in rows if r["split"] == "calibration"], system_dtype, settings["min_speedup"])
     test_rows = [r for r in rows if r["split"] == "test"]
     test_rows += system_rows(test_rows, chosen, system_dtype)
@@ -331,7 +320,7 @@ def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]],
                                   **{f"{d}/{n}": round(_rate([r for r in mine if (r["dtype"], r["decoder"]) == (d, n)]) / base, 4)
                                      for d, n in names}}
     overall = {"system_dtype": system_dtype, "chosen": chosen, "system": drafters[system_dtype]["system"],
-               "exactness": exactness([r for r in rows if r["decoder"] != "system"], bound),
+               "exactness": exactness([r for r in test_rows if r["decoder"] != "system"], bound),
                "n_calibration_prompts": sum(len(p) for p in calibration.values()),
                "n_test_prompts": sum(len(p) for p in test.values()),
                "decoders": drafters, "verify_ms_by_tokens": verify_ms, **settings}
