@@ -32,12 +32,13 @@ def test_bfloat16_chunks_round_differently_and_the_delta_says_how_much():
 def test_margin_at_divergence_is_the_references_top_two_gap_at_the_first_difference():
     model = tiny_llama(dtype=torch.float64, seed=3)
     reference = generate_baseline(model, PROMPT, 10, None)[0]
-    assert margin_at_divergence(model, PROMPT, reference, reference) is None
+    steps = continuation_logits(model, PROMPT, reference)
+    assert margin_at_divergence(steps, reference, reference) is None
     other = reference[:4] + [(reference[4] + 1) % 97] + reference[5:]
-    position, margin = margin_at_divergence(model, PROMPT, reference, other)
+    position, margin = margin_at_divergence(steps, reference, other)
     top = continuation_logits(model, PROMPT, reference)[4].topk(2).values
     assert position == 4 and margin == pytest.approx(float(top[0] - top[1]))
-    assert margin_at_divergence(model, PROMPT, reference, reference[:6])[0] == 6  # stopped early
+    assert margin_at_divergence(steps, reference, reference[:6])[0] == 6  # stopped early
 
 
 def _row(dtype, identical, margin=None, decoder="none"):
@@ -88,5 +89,8 @@ def test_measure_times_every_decoder_in_both_dtypes_and_finds_them_exact_in_floa
     assert overall["exactness"]["bfloat16"]["all_divergences_below_bound"]
     assert set(overall["chosen"]) == {"a", "b"} and set(per_category) == {"a", "b"}
     assert overall["system"]["vs_generate_bf16"]["speedup"] > 0
+    system = [r for r in rows if r["decoder"] == "system"]
+    assert len(system) == 2 and all(r["dtype"] == "float32" and r["drafter"] == overall["chosen"][r["routed_category"]]
+                                    for r in system)
     assert list(overall["verify_ms_by_tokens"]["float32"]) == [1, 2, 3, 4]
     assert all(math.isfinite(v["cost_model"]["c"]) for v in overall["decoders"]["float32"].values() if "cost_model" in v)

@@ -216,3 +216,44 @@ def test_clasp_runs_each_layer_once_per_choice_on_every_candidate(model):
         for h in hooks:
             h.remove()
     assert seen == [1, 1, 2, 3, 3, 3]  # layer 0 may not be skipped: one candidate until layer 1 is passed
+
+
+@pytest.mark.parametrize("name", ["none", "routed_skip", "clasp", "prompt_lookup"])
+def test_the_prefill_routes_the_prompt_and_the_drafter_follows_the_route(name):
+    from ais.decoding.speculative import make_drafter
+    from ais.model.prompts import chat_ids
+    from conftest import tiny_routed_decoder, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    contexts = ["what is the capital of france", "write a story", "sum two plus two", "write code"]
+    model = tiny_llama(dtype=torch.float64, seed=1)
+    decoder = tiny_routed_decoder(model, tok, contexts, [0, 1, 0, 1])
+    seen = []
+
+    def drafter_for(route):
+        seen.append(route.category)
+        return make_drafter(name, decoder.plan_for(route.category, mode="hard"), 0.3, 2, decoder.skippable_layers())
+
+    for context, category in zip(contexts, "abab"):
+        ids = chat_ids(tok, context, 100)
+        tokens, stats = speculative_generate(model, ids, 12, drafter_for, gamma=3, router=decoder)
+        assert tokens == greedy(model, ids, 12) and stats.category == category == seen[-1]
+        assert stats.drafter == name
+    with pytest.raises(ValueError, match="same weights"):
+        speculative_generate(tiny_llama(dtype=torch.float64, seed=1), ids, 4, drafter_for, router=decoder)
+
+
+def test_route_and_prefill_is_the_plain_prefill_bit_for_bit():
+    from conftest import tiny_routed_decoder, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    contexts = ["what is the capital of france", "write a story"]
+    model = tiny_llama(dtype=torch.float32, seed=1)
+    decoder = tiny_routed_decoder(model, tok, contexts, [0, 1])
+    batch = left_padded([PROMPTS[0]])
+    ours, plain = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    logits, routes = decoder.route_and_prefill(batch, ours)
+    reference = model(**batch, past_key_values=plain, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    assert torch.equal(logits, reference) and routes[0].plan.is_empty()
+    for a, b in zip(ours.layers, plain.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

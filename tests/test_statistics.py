@@ -45,3 +45,14 @@ def test_mean_of_means_weights_each_sample_equally_and_covers_it():
     interval = mean_of_means_interval([easy, hard], seed=0)
     assert interval.mean == pytest.approx((easy.mean() + hard.mean()) / 2) and interval.n == 500
     assert interval.low < interval.mean < interval.high and interval.high - interval.low < 0.15
+
+
+def test_pooled_ratio_of_rates_and_its_interval():
+    from ais.evaluation.statistics import ratio_of_rates_interval
+
+    tokens = [32, 32, 16, 32]
+    fast, slow = [1.0, 0.5, 0.4, 0.8], [1.2, 1.0, 0.5, 1.0]
+    out = ratio_of_rates_interval(tokens, fast, tokens, slow, seed=0)
+    assert out.mean == pytest.approx((112 / 2.7) / (112 / 3.7)) and out.low <= out.mean <= out.high and out.n == 4
+    same = ratio_of_rates_interval(tokens, fast, tokens, fast, seed=0)
+    assert same.mean == same.low == same.high == pytest.approx(1.0)

@@ -133,16 +133,26 @@ def generate(system: System, prompt: str, mode: str | None = None, max_new_token
 
 
 def _lossless(system: System, prompt: str, max_new_tokens: int) -> tuple[Route, list[int], str, float, object]:
-    """Route the prompt, then speculative decoding with its category's drafter."""
-    params, tok = system.params, system.tokenizer
-    route_ = system.decoder.route_prompts(tok, [prompt], mode="full")[0]
-    name = system.drafters().get(route_.category, "none")
-    draft_plan = system.decoder.plan_for(route_.category, get(params, "lossless.draft_fraction"), mode="hard")
-    allowed = system.decoder.skippable_layers()
-    drafter = make_drafter(name, draft_plan, get(params, "lossless.confidence"), get(params, "lossless.ngram"), allowed,
-                           get(params, "lossless.clasp_interval"))
+    """Speculative decoding with the prompt's category's drafter, verified in `lossless.dtype`. When
+    that is the main model's dtype, the prefill routes the prompt (the router's layers are its first
+    layers); otherwise the prompt is routed first."""
+    params, tok, decoder = system.params, system.tokenizer, system.decoder
+    chosen = system.drafters()
     verifier = system.lossless_model()
-    ids = chat_ids(tok, prompt, context_length(verifier) - max_new_tokens - 8)
+    routes = []
+
+    def drafter_for(route):
+        routes.append(route)
+        plan = decoder.plan_for(route.category, get(params, "lossless.draft_fraction"), mode="hard")
+        return make_drafter(chosen.get(route.category, "none"), plan, get(params, "lossless.confidence"),
+                            get(params, "lossless.ngram"), decoder.skippable_layers(),
+                            get(params, "lossless.clasp_interval"))
+
+    ids = chat_ids(tok, prompt, context_length(verifier) - max_new_tokens - get(params, "lossless.gamma") - 1)
+    if verifier is system.model:
+        drafter, router = drafter_for, decoder
+    else:
+        drafter, router = drafter_for(decoder.route_prompts(tok, [prompt], mode="full")[0]), None
     new, stats = speculative_generate(verifier, ids, max_new_tokens, drafter, get(params, "lossless.gamma"),
-                                      eos_token_id=tok.eos_token_id)
-    return route_, new, name, stats.mean_accepted, verifier.dtype
+                                      eos_token_id=tok.eos_token_id, router=router)
+    return routes[0], new, stats.drafter, stats.mean_accepted, verifier.dtype

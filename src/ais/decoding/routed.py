@@ -137,6 +137,15 @@ class RoutedDecoder:
         return logits, routes
 
     @torch.inference_mode()
+    def route_and_prefill(self, batch: dict, cache) -> tuple[torch.Tensor, list[Route]]:
+        """The full model's prefill of a batch (every layer, the cache filled) with the routing for
+        free: the router's layers are the prefill's first layers. (last-position logits B x vocab,
+        routes with mode-`full` plans)."""
+        hidden, ctx, routes = self.prefix(batch, cache, mode="full")
+        hidden = run_layers(self.model, hidden, ctx, self.pivot, len(decoder_layers(self.model)))
+        return _head(self.model, hidden), routes
+
+    @torch.inference_mode()
     def generate(self, batch: dict, max_new_tokens: int, eos_token_id: int | None = None, mode: str | None = None):
         """Routed greedy generation with a KV cache: (new ids B x max_new_tokens, routes).
         The prefill below the pivot is shared by the router and the decoder."""

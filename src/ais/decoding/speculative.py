@@ -57,6 +57,8 @@ class SpecStats:
     spent drafting and verifying: each phase ends by reading its result on the host)."""
 
     steps: int = 0
+    drafter: str = ""
+    category: str | None = None  # the routed category, when the prefill routed the prompt
     drafted: int = 0
     accepted: int = 0
     seconds: float = 0.0
@@ -330,17 +332,33 @@ def make_drafter(name: str, plan, confidence: float, ngram: int, allowed=(), cla
 
 @torch.inference_mode()
 def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, drafter=None, gamma: int = 4,
-                         eos_token_id: int | None = None) -> tuple[list[int], SpecStats]:
+                         eos_token_id: int | None = None, router=None) -> tuple[list[int], SpecStats]:
     """Greedy continuation of `prompt_ids` (identical to plain greedy decoding), with drafts
-    from `drafter` verified by the full model. Returns (new tokens, stats)."""
-    drafter = drafter or NoDraft()
+    from `drafter` verified by the full model. Returns (new tokens, stats).
+
+    With `router` (a RoutedDecoder on this very model), the prefill routes the prompt for free (the
+    router's layers are the prefill's first layers) and `drafter` may be a function of the route,
+    called once the route is known: what the deployed system does."""
     stats = SpecStats()
     synchronize(model.device)  # the clock starts with the device idle; each step ends reading tokens on the host
     started = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    record = getattr(drafter, "needs_states", False)
+    choose = router is not None and callable(drafter) and not isinstance(drafter, Drafter)
+    record = choose or getattr(drafter, "needs_states", False)
     with recording_states(model) if record else nullcontext() as states:
-        first = prefill(model, prompt_ids, cache)  # the cache then holds every context token but the last
+        if router is None:
+            first = prefill(model, prompt_ids, cache)  # the cache then holds every context token but the last
+        else:
+            if router.model is not model:
+                raise ValueError("the router must run on the model that verifies (the same weights and dtype)")
+            ids = torch.tensor([prompt_ids], device=model.device)
+            logits, routes = router.route_and_prefill({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, cache)
+            first, stats.category = int(logits[0].argmax()), routes[0].category
+            if choose:
+                drafter = drafter(routes[0])
+    drafter = drafter or NoDraft()
+    stats.drafter = drafter.name
+    record = getattr(drafter, "needs_states", False)
     if record:
         t0 = time.perf_counter()
         drafter.refresh(model, [s[0, -1] for s in states], cache, len(prompt_ids) - 1)

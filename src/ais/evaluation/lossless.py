@@ -27,13 +27,15 @@ from tqdm import tqdm
 from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, prefill_logits,
                                      speculative_generate, truncate_cache)
 from ais.device import synchronize
-from ais.evaluation.statistics import mean_interval
+from ais.evaluation.statistics import mean_interval, ratio_of_rates_interval
 from ais.evaluation.timing import time_interleaved
+from ais.model.gating import SkipPlan
 from ais.model.prompts import chat_ids, context_length
 
 BASELINES = ("generate", "generate_prompt_lookup")  # transformers, as a user calls it
 CHOICES = ("routed_skip", "clasp", "prompt_lookup")  # what a category may choose instead of no draft
-ROUTED = ("routed_skip", *ABLATIONS)                 # drafters that need the prompt's route
+ROUTED = ("routed_skip", "clasp", *ABLATIONS)        # drafters that need the prompt's route (CLaSp: its M)
+SYSTEM = "system"                                    # each prompt decoded with its routed category's drafter
 REFERENCE_DTYPE = "bfloat16"                         # every speedup is against `generate` greedy in this dtype
 
 
@@ -65,17 +67,18 @@ def continuation_logits(model, ids: list[int], tokens: list[int], k: int = 1) ->
     return torch.cat(rows).float()
 
 
-def rounding_delta(model, ids: list[int], tokens: list[int], max_chunk: int) -> float:
+def rounding_delta(model, ids: list[int], tokens: list[int], max_chunk: int, steps: torch.Tensor | None = None) -> float:
     """The largest logit difference between k-token forwards (k = 2..max_chunk) and one-token steps
-    over one continuation."""
-    steps = continuation_logits(model, ids, tokens)
+    over one continuation (`steps`: the one-token logits, when already computed)."""
+    steps = continuation_logits(model, ids, tokens) if steps is None else steps
     return max((float((continuation_logits(model, ids, tokens, k) - steps).abs().max()) for k in range(2, max_chunk + 1)),
                default=0.0)
 
 
-def margin_at_divergence(model, ids: list[int], reference: list[int], tokens: list[int]) -> tuple[int, float] | None:
+def margin_at_divergence(steps: torch.Tensor, reference: list[int], tokens: list[int]) -> tuple[int, float] | None:
     """(first position where `tokens` leave `reference`, the reference's top-1 minus top-2 logit
-    there), or None where they agree (one stopping earlier counts from where it stopped)."""
+    there, from `steps`, the one-token logits that predict each reference token), or None where they
+    agree (one stopping earlier counts from where it stopped)."""
     n = min(len(reference), len(tokens))
     first = next((i for i in range(n) if reference[i] != tokens[i]), None)
     if first is None:
@@ -84,7 +87,7 @@ def margin_at_divergence(model, ids: list[int], reference: list[int], tokens: li
         first = n
     if first >= len(reference):
         return first, float("nan")
-    top2 = continuation_logits(model, ids, reference[:first + 1])[first].topk(2).values
+    top2 = steps[first].topk(2).values
     return first, float(top2[0] - top2[1])
 
 
@@ -107,7 +110,8 @@ def verify_cost(model, ids: list[int], max_tokens: int, warmup: int = 2, repeats
 
 
 def route_seconds(decoder, tokenizer, prompt: str):
-    """(route, seconds) of routing one prompt as the system would: router forward and map lookup."""
+    """(route, seconds) of routing one prompt on its own: router forward and map lookup (what a
+    verifier in another dtype than the router's model pays on top of its prefill)."""
     synchronize(decoder.model.device)
     start = time.perf_counter()
     route = decoder.route_prompts(tokenizer, [prompt], mode="hard")[0]
@@ -115,52 +119,80 @@ def route_seconds(decoder, tokenizer, prompt: str):
     return route, time.perf_counter() - start
 
 
-def variants(dtypes: list[str], strict: str = "float32") -> list[tuple[str, str]]:
-    """(dtype, decoder) pairs measured on every prompt: the baselines and the loop's drafters in each
-    dtype; the routed drafter's ablations in the strict dtype only."""
+def variants(dtypes: list[str], system_dtype: str) -> list[tuple[str, str]]:
+    """(dtype, decoder) pairs measured on every test prompt: the baselines and the loop's drafters in
+    each dtype; the chosen-drafter system and the routed drafter's ablations in the system's dtype."""
     out = [(d, name) for d in dtypes for name in BASELINES + DRAFTERS]
-    return out + [(strict, name) for name in ABLATIONS if strict in dtypes]
+    return out + [(system_dtype, name) for name in (SYSTEM, *ABLATIONS)]
+
+
+def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: str, settings: dict,
+                chosen: dict[str, str]) -> tuple[list[int], dict]:
+    """One generation by decoder `name` on `model`, timed as deployed: (tokens, row fields). Drafters
+    that need the prompt's route (the routed ones, and the system, whose drafter is its category's)
+    get it from the prefill when `model` is the router's model, else from a routing pass in the clock."""
+    eos, gamma, n_new = tokenizer.eos_token_id, settings["gamma"], settings["max_new_tokens"]
+    if name in BASELINES:
+        tokens, seconds = generate_baseline(model, ids, n_new, eos, gamma if name != "generate" else None)
+        return tokens, {"seconds": seconds, "steps": len(tokens), "drafted": 0, "accepted": 0, "draft_seconds": 0.0,
+                        "verify_seconds": 0.0, "threshold": None, "clasp_updates": None, "drafter": None}
+    made = []
+
+    def drafter_for(route):
+        drafter_name = chosen.get(route.category, "none") if name == SYSTEM else name
+        plan = decoder.plan_for(route.category, settings["draft_fraction"], mode="hard") if route else SkipPlan()
+        made.append(make_drafter(drafter_name, plan, settings["confidence"], settings["ngram"],
+                                 decoder.skippable_layers(), settings["clasp_interval"]))
+        return made[-1]
+
+    routing = 0.0
+    if name not in ROUTED + (SYSTEM,):
+        drafter, router = drafter_for(None), None  # needs no route
+    elif model is decoder.model:
+        drafter, router = drafter_for, decoder
+    else:
+        route, routing = route_seconds(decoder, tokenizer, prompt)
+        drafter, router = drafter_for(route), None
+    tokens, stats = speculative_generate(model, ids, n_new, drafter, gamma, eos_token_id=eos, router=router)
+    return tokens, {"seconds": stats.seconds + routing, "steps": stats.steps, "drafted": stats.drafted,
+                    "accepted": stats.accepted, "draft_seconds": stats.draft_seconds,
+                    "verify_seconds": stats.verify_seconds, "threshold": getattr(made[-1], "threshold", None),
+                    "clasp_updates": getattr(made[-1], "updates", None), "drafter": made[-1].name}
 
 
 def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str, list[str]], split: str,
-                 pairs: list[tuple[str, str]], settings: dict, seed: int, progress: bool = True) -> list[dict]:
-    """One row per prompt and (dtype, decoder) pair (`generate` among them in each dtype): tokens, seconds (routing included for the drafters
-    that need it), steps, drafted and accepted tokens, and whether the tokens equal `generate`'s in
-    that dtype (with the first differing position and the reference's margin there)."""
-    eos, gamma = tokenizer.eos_token_id, settings["gamma"]
-    n_new, fraction = settings["max_new_tokens"], settings["draft_fraction"]
-    limit = context_length(decoder.model) - n_new - gamma - 1
-    allowed = decoder.skippable_layers()
+                 pairs: list[tuple[str, str]], settings: dict, seed: int, chosen: dict[str, str] | None = None,
+                 progress: bool = True) -> list[dict]:
+    """One row per prompt and (dtype, decoder) pair: tokens, seconds (routing included for the
+    decoders that need it), steps, drafted and accepted tokens, and, where `generate` ran in that
+    dtype, whether the tokens equal its tokens (with the first differing position and the
+    reference's margin there). `chosen` is the system's drafter per category."""
+    limit = context_length(decoder.model) - settings["max_new_tokens"] - settings["gamma"] - 1
     rng = np.random.default_rng(seed)
     rows = []
     for category in tqdm(sorted(prompts_by_category), desc=f"lossless {split}", unit="category", disable=not progress):
         for i, prompt in enumerate(prompts_by_category[category]):
-            route, routing_s = route_seconds(decoder, tokenizer, prompt)
-            plan = decoder.plan_for(route.category, fraction, mode="hard")
+            routed_category = decoder.route_prompts(tokenizer, [prompt], mode="hard")[0].category  # bookkeeping
             ids = chat_ids(tokenizer, prompt, limit)
             done = {}
             for j in rng.permutation(len(pairs)):  # a fresh order per prompt: drift hits all alike
                 dtype, name = pairs[j]
-                model = models[dtype]
-                row = {"split": split, "category": category, "prompt": i, "routed_category": route.category,
-                       "dtype": dtype, "decoder": name, "routing_seconds": routing_s}
-                if name in BASELINES:
-                    tokens, seconds = generate_baseline(model, ids, n_new, eos, gamma if name != "generate" else None)
-                    row.update(seconds=seconds, steps=len(tokens), drafted=0, accepted=0, draft_seconds=0.0,
-                               verify_seconds=0.0, threshold=None, clasp_updates=None)
-                else:
-                    drafter = make_drafter(name, plan, settings["confidence"], settings["ngram"], allowed,
-                                           settings["clasp_interval"])
-                    tokens, stats = speculative_generate(model, ids, n_new, drafter, gamma, eos_token_id=eos)
-                    row.update(seconds=stats.seconds + (routing_s if name in ROUTED else 0.0), steps=stats.steps,
-                               drafted=stats.drafted, accepted=stats.accepted, draft_seconds=stats.draft_seconds,
-                               verify_seconds=stats.verify_seconds, threshold=getattr(drafter, "threshold", None),
-                               clasp_updates=getattr(drafter, "updates", None))
-                done[(dtype, name)] = (row, tokens)
+                tokens, fields = run_decoder(decoder, models[dtype], ids, prompt, tokenizer, name, settings, chosen or {})
+                done[(dtype, name)] = ({"split": split, "category": category, "prompt": i,
+                                        "routed_category": routed_category, "dtype": dtype, "decoder": name, **fields},
+                                       tokens)
+            steps = {}
+            for dtype in {d for d, _ in done}:
+                if (dtype, "generate") in done:  # the reference's one-token logits: margins and the rounding bound
+                    row, reference = done[(dtype, "generate")]
+                    steps[dtype] = continuation_logits(models[dtype], ids, reference)
+                    row["rounding_delta"] = rounding_delta(models[dtype], ids, reference, settings["gamma"] + 1, steps[dtype])
             for (dtype, name), (row, tokens) in done.items():
-                reference = done[(dtype, "generate")][1]
-                divergence = margin_at_divergence(models[dtype], ids, reference, tokens)
-                row.update(tokens=len(tokens), identical=int(divergence is None), token_ids=tokens,
+                identical, divergence = None, None
+                if dtype in steps:
+                    divergence = margin_at_divergence(steps[dtype], done[(dtype, "generate")][1], tokens)
+                    identical = int(divergence is None)
+                row.update(tokens=len(tokens), identical=identical, token_ids=tokens,
                            first_difference=divergence[0] if divergence else None,
                            reference_margin=round(divergence[1], 4) if divergence else None,
                            text=tokenizer.decode(tokens, skip_special_tokens=True) if name == "generate" else "")
@@ -180,10 +212,13 @@ def speedup_against(rows: list[dict], mine: list[dict], dtype: str, decoder: str
     """Pooled tokens/s of `mine` over those of (dtype, decoder) on the same prompts, and the mean of
     per-prompt speed ratios with its interval."""
     base = _per_prompt([r for r in rows if r["dtype"] == dtype and r["decoder"] == decoder])
-    ratios = [(r["tokens"] / r["seconds"]) / (base[k]["tokens"] / base[k]["seconds"]) for k, r in _per_prompt(mine).items()]
-    interval = mean_interval(ratios, seed)
-    return {"speedup": round(_rate(mine) / _rate(list(base[k] for k in _per_prompt(mine))), 4),
-            **{k: round(v, 4) for k, v in interval.as_dict("per_prompt_speedup").items()}}
+    pairs = [(r, base[k]) for k, r in _per_prompt(mine).items()]
+    ratios = [(r["tokens"] / r["seconds"]) / (b["tokens"] / b["seconds"]) for r, b in pairs]
+    pooled = ratio_of_rates_interval(*zip(*[(r["tokens"], r["seconds"], b["tokens"], b["seconds"]) for r, b in pairs]),
+                                     seed=seed)
+    return {"speedup": round(pooled.mean, 4), "speedup_ci_low": round(pooled.low, 4),
+            "speedup_ci_high": round(pooled.high, 4), "n_prompts": pooled.n,
+            **{k: round(v, 4) for k, v in mean_interval(ratios, seed).as_dict("per_prompt_speedup").items()}}
 
 
 def summarise(rows: list[dict], dtype: str, name: str, seed: int) -> dict:
@@ -243,20 +278,6 @@ def choose_drafters(calibration: list[dict], dtype: str, min_speedup: float) -> 
     return chosen
 
 
-def system_rows(test: list[dict], chosen: dict[str, str], dtype: str) -> list[dict]:
-    """The chosen-drafter system on the test prompts: every prompt is routed (the choice needs its
-    category; routing by the routed category, as deployed), then decoded with that category's
-    drafter in `dtype`; its rows, with the routing in every clock."""
-    rows = _per_prompt([r for r in test if r["dtype"] == dtype and r["decoder"] == "none"])
-    out = []
-    for key, base in rows.items():
-        name = chosen.get(base["routed_category"], "none")
-        used = next(r for r in test if r["dtype"] == dtype and r["decoder"] == name and (r["category"], r["prompt"]) == key)
-        out.append({**used, "decoder": "system", "chosen": name,
-                    "seconds": used["seconds"] + (0.0 if name in ROUTED else used["routing_seconds"])})
-    return out
-
-
 def exactness(rows: list[dict], bound: dict[str, float]) -> dict:
     """Per dtype: the share of the loop's and of transformers' assisted generations identical to
     `generate`; the divergences, each with the reference's margin at the first differing token,
@@ -281,33 +302,23 @@ def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]],
     gamma = settings["gamma"]
     limit = context_length(decoder.model) - settings["max_new_tokens"] - gamma - 1
     warm = chat_ids(tokenizer, "Hello", limit)
-    plan = decoder.plan_for(decoder.topo.categories[0], settings["draft_fraction"], mode="hard")
-    for dtype, name in variants(list(models)):  # warm-up of every code path
-        if name in BASELINES:
-            generate_baseline(models[dtype], warm, 4, None, gamma if name != "generate" else None)
-        else:
-            drafter = make_drafter(name, plan, settings["confidence"], settings["ngram"], plan.layers, 1)
-            speculative_generate(models[dtype], warm, 4, drafter, gamma)
-    choice = [(system_dtype, name) for name in ("generate", "none", *CHOICES)]  # all the choice needs
-    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", choice, settings, seed, progress)
-    rows += generate_all(decoder, tokenizer, models, test, "test", variants(list(models)), settings, seed + 1, progress)
-    chosen = choose_drafters([r for r in rows if r["split"] == "calibration"], system_dtype, settings["min_speedup"])
-    test_rows = [r for r in rows if r["split"] == "test"]
-    test_rows += system_rows(test_rows, chosen, system_dtype)
-    names = [(d, n) for d, n in variants(list(models))] + [(system_dtype, "system")]
+    for dtype, name in variants(list(models), system_dtype):  # warm-up of every code path
+        run_decoder(decoder, models[dtype], warm, "Hello", tokenizer, name, {**settings, "max_new_tokens": 4}, {})
+    choice = [(system_dtype, name) for name in ("none", *CHOICES)]  # all the choice needs
+    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", choice, settings, seed, progress=progress)
+    chosen = choose_drafters(rows, system_dtype, settings["min_speedup"])
+    test_rows = generate_all(decoder, tokenizer, models, test, "test", variants(list(models), system_dtype), settings,
+                             seed + 1, chosen, progress)
+    names = variants(list(models), system_dtype)
     first = next(r for r in test_rows if r["decoder"] == "generate")
     ids = {d: chat_ids(tokenizer, test[first["category"]][0], limit) for d in models}
     verify_ms = {d: verify_cost(m, ids[d], gamma + 1) for d, m in models.items()}
-    held = {(c, i): p for c, ps in test.items() for i, p in enumerate(ps)}
-    bound = {}
-    for dtype, model in models.items():  # the rounding of k-token forwards, on every test prompt's reference
-        refs = [r for r in test_rows if r["dtype"] == dtype and r["decoder"] == "generate"]
-        bound[dtype] = 2 * max(rounding_delta(model, chat_ids(tokenizer, held[(r["category"], r["prompt"])], limit),
-                                              r["token_ids"], gamma + 1) for r in refs)
+    bound = {dtype: 2 * max(r["rounding_delta"] for r in test_rows if r["dtype"] == dtype and r["decoder"] == "generate")
+             for dtype in models}  # the rounding of k-token forwards, over every test prompt's reference
     drafters = {}
     for dtype, name in names:
         summary = summarise(test_rows, dtype, name, seed)
-        if name not in BASELINES and name != "system":
+        if name not in BASELINES and name != SYSTEM:
             summary["cost_model"] = cost_model(summary, verify_ms[dtype])
         drafters.setdefault(dtype, {})[name] = summary
     reference = (REFERENCE_DTYPE if REFERENCE_DTYPE in models else system_dtype, "generate")
@@ -319,8 +330,8 @@ def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]],
                                   "speedup_vs": "/".join(reference),
                                   **{f"{d}/{n}": round(_rate([r for r in mine if (r["dtype"], r["decoder"]) == (d, n)]) / base, 4)
                                      for d, n in names}}
-    overall = {"system_dtype": system_dtype, "chosen": chosen, "system": drafters[system_dtype]["system"],
-               "exactness": exactness([r for r in test_rows if r["decoder"] != "system"], bound),
+    overall = {"system_dtype": system_dtype, "chosen": chosen, "system": drafters[system_dtype][SYSTEM],
+               "exactness": exactness(test_rows, bound),
                "n_calibration_prompts": sum(len(p) for p in calibration.values()),
                "n_test_prompts": sum(len(p) for p in test.values()),
                "decoders": drafters, "verify_ms_by_tokens": verify_ms, **settings}
@@ -328,5 +339,5 @@ def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]],
     for r in rows + test_rows:
         r.pop("text", None)
         r.pop("token_ids", None)
-    return per_category, overall, rows + [r for r in test_rows if r["decoder"] == "system"], example
+    return per_category, overall, rows + test_rows, example
 

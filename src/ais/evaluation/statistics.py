@@ -59,6 +59,25 @@ def paired_difference(a, b, seed: int) -> Interval:
     return mean_interval(a - b, seed)
 
 
+def ratio_of_rates_interval(tokens_a, seconds_a, tokens_b, seconds_b, seed: int) -> Interval:
+    """Pooled speed ratio (sum(tokens_a)/sum(seconds_a)) / (sum(tokens_b)/sum(seconds_b)) over prompts
+    measured under both conditions, with a 95% paired percentile bootstrap interval over prompts."""
+    arrays = [np.asarray(x, dtype=np.float64) for x in (tokens_a, seconds_a, tokens_b, seconds_b)]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1 or len(arrays[0]) == 0:
+        raise ValueError("need one value per prompt in each of the four arrays")
+
+    def ratio(ta, sa, tb, sb, axis=-1):
+        return (ta.sum(axis) / sa.sum(axis)) / (tb.sum(axis) / sb.sum(axis))
+
+    value = float(ratio(*arrays))
+    if len(arrays[0]) < 2:
+        return Interval(value, value, value, len(arrays[0]))
+    result = stats.bootstrap(arrays, ratio, paired=True, vectorized=True, confidence_level=CONFIDENCE,
+                             n_resamples=N_RESAMPLES, method="percentile", random_state=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return Interval(value, float(low), float(high), len(arrays[0]))
+
+
 def mean_of_means_interval(samples, seed: int) -> Interval:
     """The unweighted mean of several independent samples' means (e.g. the ARC average of ARC-Easy
     and ARC-Challenge), with a 95% percentile bootstrap interval resampling each sample on its own."""

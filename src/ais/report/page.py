@@ -244,10 +244,11 @@ def build_report(reports: Path, params: dict) -> str:
 
 def _speedup_words(v: dict, against: str) -> str:
     """'x1.21 [1.10, 1.33]' and what the interval supports, for one speedup dict."""
-    low, high = v["per_prompt_speedup_ci_low"], v["per_prompt_speedup_ci_high"]
+    low, high = v.get("speedup_ci_low", v["per_prompt_speedup_ci_low"]), v.get("speedup_ci_high", v["per_prompt_speedup_ci_high"])
     verdict = ("faster than" if low > 1 else "slower than" if high < 1 else "no measurable difference from")
-    return (f"x{v['speedup']} pooled (mean per-prompt ratio {v['per_prompt_speedup']} [{low}, {high}]: "
-            f"{verdict} {against})")
+    return (f"x{v['speedup']} [{low}, {high}] pooled over {v.get('n_prompts', v.get('per_prompt_speedup_n'))} prompts: "
+            f"{verdict} {against} (mean per-prompt ratio {v['per_prompt_speedup']} "
+            f"[{v['per_prompt_speedup_ci_low']}, {v['per_prompt_speedup_ci_high']}])")
 
 
 def lossless_section(lossless: dict) -> list[str]:
@@ -269,12 +270,15 @@ def lossless_section(lossless: dict) -> list[str]:
         for name, v in named.items():
             b, same = v.get("vs_generate_bf16", {}), v["vs_generate_same_dtype"]
             rows.append([dtype, name, v["tok_per_s"], b.get("speedup"),
-                         f"[{b.get('per_prompt_speedup_ci_low')}, {b.get('per_prompt_speedup_ci_high')}]",
+                         f"[{b.get('speedup_ci_low', b.get('per_prompt_speedup_ci_low'))}, "
+                         f"{b.get('speedup_ci_high', b.get('per_prompt_speedup_ci_high'))}]",
                          same["speedup"], v["identical_to_generate"], v.get("mean_accepted", ""),
                          v.get("draft_ms_per_token", ""), v.get("verify_ms_per_step", "")])
-    out += ["Every decoder, all test prompts pooled (speedups: pooled tokens/s ratio; interval: mean per-prompt ratio, "
-            "95% bootstrap). `none` is the project's loop with no draft; `routed_skip_*` are the routed drafter without "
-            "its adaptive threshold or without reusing the layers below the lowest skipped one.", "",
+    out += ["Every decoder, all test prompts pooled (speedups: pooled tokens/s ratio, 95% paired bootstrap interval "
+            "over prompts). `none` is the project's loop with no draft; `routed_skip_*` are the routed drafter without "
+            "its adaptive threshold or without reusing the layers below the lowest skipped one; `system` decodes each "
+            "prompt with its routed category's drafter, the routing taken from the prefill's first layers (they are "
+            "the router's layers), so it costs only the map lookup.", "",
             _table(["dtype", "decoder", "tok/s", "vs bf16 generate", "95% interval", "vs same-dtype generate",
                     "identical to generate", "accepted/step", "draft ms/token", "verify ms/step"], rows), ""]
     cost = [[dtype, name, c["c"], c["alpha"], c["drafted_per_step"], c.get("verify_cost", ""), c["predicted_leviathan"],
@@ -307,7 +311,10 @@ def lossless_section(lossless: dict) -> list[str]:
             + " `generate`; the chosen drafter runs in the system):", ""]
     cats = lossless["per_category"]
     keys = [k for k in next(iter(cats.values())) if "/" in k and k != "speedup_vs" and "routed_skip_" not in k]
-    out += [_table(["category", "chosen"] + keys, [[c, v["drafter"]] + [v[k] for k in keys] for c, v in cats.items()]),
+    out += [_table(["category", "test prompts", "chosen"] + keys,
+                   [[c, v["n_prompts"], v["drafter"]] + [v[k] for k in keys] for c, v in cats.items()]),
+            "", "A category's ratios rest on its few test prompts, each decoded once per decoder (one prompt: no "
+            "interval; the timing noise of one 32-token generation on this machine is several percent).",
             "", "![lossless](lossless.png)", ""]
     if lossless.get("example"):
         ex = lossless["example"]
