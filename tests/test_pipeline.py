@@ -40,9 +40,11 @@ SMALL = {
     "multiple_choice": {"benchmarks": ["arc_easy", "piqa"], "n_per_benchmark": 4},
     "throughput": {"batch_sizes": [1, 2], "generate_batch_sizes": [1], "new_tokens": 3,
                    "warmup": 1, "repeats": 2, "generate_repeats": 1},
-    "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_batch": 3, "repeats": 2},
+    "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_prompts": 3, "batch_sizes": [1, 2], "new_tokens": 3,
+                 "repeats": 2},
     "umap": {"n_neighbors": 5},
-    "lossless": {"n_per_category": 1, "max_new_tokens": 8},
+    "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32"},  # the strict mode: the CLI check is exact
+    "depth": {"paragraphs": "gen/story", "n_per_operation": 2, "n_per_category": 1, "max_new_tokens": 4},
     "importance": {"n_continuation": 3, "method": "greedy", "greedy_layers": 2},
     "model": {"dtype": "float32"},
 }
@@ -87,7 +89,8 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     root, env, git = small_repo
     run([sys.executable, "-m", "dvc", "repro"], root, env)
     before = read_metrics(root)
-    for name in ("map.json", "importance.json", "validate.json", "multiple_choice.json", "throughput.json", "frontier.json"):
+    for name in ("map.json", "importance.json", "validate.json", "multiple_choice.json", "throughput.json", "frontier.json",
+                 "depth.json"):
         assert name in before, name
     assert (root / "reports/README.md").read_text().startswith("# Results")
     assert (root / "data/map/index.faiss").is_file() and (root / "reports/umap.png").is_file()
@@ -108,8 +111,15 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     assert len(prompts) == 1 + 2 * 9 and "routed_top1" in prompts[0] and "n_scored" in prompts[0]
     assert set(before["importance.json"]["split_half_spearman"]) == set(CATEGORIES)
     frontier = before["frontier.json"]
-    assert set(frontier) == {"heldout", "heldout_task"} and "speedup" in frontier["heldout"]["routed@3"]
+    assert {"heldout", "heldout_task"} <= set(frontier) and "b1_speedup" in frontier["heldout"]["routed@3"]
     assert any(k.startswith("original_best_group@") for k in frontier["heldout"])
+    for point in ("dynamic@3", "dynamic_calm@3", "stepwise_full@0", "global@3"):  # every level, both splits
+        assert "minus_global_top1" in frontier["heldout_task"][point] or point.startswith(("stepwise", "global"))
+    assert "b2_speedup" in frontier["heldout"]["dynamic@3"] and frontier["dynamic_gates"]["dynamic"]["3"]["threshold"] > 0
+    depth = before["depth.json"]
+    assert set(depth["operations"]) == {"copy", "summarise", "continue", "repeat", "sum", "product"}
+    assert set(depth["categories"]) == set(CATEGORIES) and (root / "reports/depth.png").is_file()
+    assert "Per-token depth" in (root / "reports/README.md").read_text()
     # the embedded model, every drafter and ablation beside transformers `generate` in both dtypes: in float32
     # the same tokens as `generate`; in bfloat16 any divergence is a rounding tie
     lossless = before["lossless.json"]
@@ -158,6 +168,7 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     for split in ("heldout", "heldout_task"):
         assert {k: v["top1"] for k, v in after["frontier.json"][split].items()} == \
             {k: v["top1"] for k, v in before["frontier.json"][split].items()}
+    assert "'depth' didn't change, skipping" in out
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff"], root, env)
     assert "routed_soft_kl" in diff
 
@@ -174,7 +185,7 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
         assert soft_run["multiple_choice.json"][name]["full_acc"] == after["multiple_choice.json"][name]["full_acc"]
     frontier = (root / "reports/frontier.csv").read_text().splitlines()
     mode_column = frontier[0].split(",").index("mode")
-    assert {line.split(",")[mode_column] for line in frontier[1:]} == {"soft"}
+    assert {line.split(",")[mode_column] for line in frontier[1:]} == {"soft", "per-token"}  # dynamic: per token
 
 
 def digest(path: Path) -> str:

@@ -4,7 +4,7 @@ import torch
 
 from ais.evaluation.quality import compare, make_reference
 from ais.model.gating import NO_SKIP, SkipPlan
-from ais.evaluation.validation import conditions, global_layers, score_plans
+from ais.evaluation.validation import conditions, score_plans
 from conftest import tiny_llama, tiny_routed_decoder, tiny_tokenizer
 
 PROMPTS = ["what is the capital of france", "write a story", "add two plus two number", "sum"]
@@ -37,6 +37,6 @@ def test_the_pivot_control_may_skip_the_routers_layers_and_the_global_plan_may_n
     prompts = ["what is the capital of france", "write a story"]
     decoder = tiny_routed_decoder(model, tok, prompts, [0, 1])  # pivot 2; pooled importance lowest at 3, then 4
     decoder.topo.global_importance[1] = 0.0  # the router's layer 1 is now the least important
-    assert global_layers(decoder, 1) == [3] and global_layers(decoder, 1, below_pivot=True) == [1]
+    assert decoder.global_layers(1) == [3] and decoder.global_layers(1, below_pivot=True) == [1]
     plans = conditions(decoder, "a", decoder.route_prompts(tok, prompts), np.random.default_rng(0))
     assert plans["global"][0] == SkipPlan.make(hard=[3]) and plans["global_any_layer"][0] == SkipPlan.make(hard=[1])

@@ -3,7 +3,7 @@
     from ais.api import generate, load, route
     system = load()                                  # params.yaml + data/model + data/map
     route(system, "Summarise this: ...")             # category, neighbours, similarities, skip plan
-    generate(system, "What is 12 plus 30?")          # in skip.mode; or mode="full" | "hard" | "soft" | "lossless"
+    generate(system, "What is 12 plus 30?")          # in skip.mode; or mode="full" | "hard" | "soft" | "lossless" | "dynamic"
 """
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import DynamicCache
+
+from ais.decoding.dynamic import DepthGate, dynamic_continue
 from ais.decoding.routed import Route, RoutedDecoder
 from ais.decoding.speculative import make_drafter, speculative_generate
 from ais.device import dtype_name, pick_dtype, synchronize
@@ -19,10 +22,10 @@ from ais.model.loading import load_model, model_identity
 from ais.model.prompts import chat_ids, check_prompt, context_length, encode_prompts
 from ais.params import get, load_params
 from ais.routing.embedding import router_embedding
-from ais.routing.plans import SkipSettings
+from ais.routing.plans import SkipSettings, n_layers_to_skip
 from ais.routing.topomap import TopoMap
 
-MODES = ("full", "hard", "soft", "lossless")
+MODES = ("full", "hard", "soft", "lossless", "dynamic")
 
 
 @dataclass
@@ -48,6 +51,18 @@ class System:
         if self._lossless is None:
             self._lossless = load_model(self.root / "data/model", dtype, str(self.model.device))[0]
         return self._lossless
+
+    def dynamic_gate(self) -> DepthGate:
+        """The `dynamic` mode's gate from params.yaml: `dynamic.min_layer: auto` is the router's pivot
+        (the same layers a plan may skip); `dynamic.candidates` a fraction of the layers (the least
+        important past the pivot, pooled importance) or `all` (CALM's plain early exit)."""
+        min_layer = get(self.params, "dynamic.min_layer")
+        min_layer = self.decoder.pivot if min_layer == "auto" else min_layer
+        share = get(self.params, "dynamic.candidates")
+        n_layers = self.model.config.num_hidden_layers
+        candidates = None if share == "all" else [i for i in self.decoder.global_layers(n_layers_to_skip(share, n_layers))
+                                                   if i >= min_layer]
+        return DepthGate(get(self.params, "dynamic.threshold"), min_layer, candidates)
 
     def drafters(self) -> dict[str, str]:
         """The drafter each category chose in the `lossless` stage (none where nothing paid)."""
@@ -77,7 +92,7 @@ class Generation:
     text: str
     mode: str
     category: str
-    skipped_layers: list[int]
+    skipped_layers: list[int] | float
     plan: str
     seconds: float
     new_tokens: int
@@ -105,8 +120,10 @@ def route(system: System, prompt: str) -> dict:
 def generate(system: System, prompt: str, mode: str | None = None, max_new_tokens: int = 64) -> Generation:
     """Greedy reply under `mode` (default: params.yaml `skip.mode`): full (no skip), hard / soft
     (the routed plan), lossless (speculative decoding with the category's drafter, verified by the
-    full model in `lossless.dtype`; identical tokens to full at that dtype). For full, hard and
-    soft, the routed decoder runs the router's layers once and continues from them."""
+    full model in `lossless.dtype`; identical tokens to full at that dtype), dynamic (the prompt's
+    prefill runs every layer, then each token exits by `dynamic.threshold`; `skipped_layers` is then
+    the mean number of layers a generated token skipped). The router's layers run once: they are the
+    first layers of the prefill."""
     mode = mode or system.decoder.settings.mode
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
@@ -119,6 +136,13 @@ def generate(system: System, prompt: str, mode: str | None = None, max_new_token
     if mode == "lossless":
         route_, new, drafter, mean_accepted, dtype = _lossless(system, prompt, max_new_tokens)
         plan_text, skipped = f"verify with all layers; drafter {drafter}", []
+    elif mode == "dynamic":
+        route_, new, depth = _dynamic(system, prompt, max_new_tokens)
+        drafter, mean_accepted, dtype = None, None, model.dtype
+        gate = system.dynamic_gate()
+        plan_text = (f"per token: exit once cos(layer input, output) >= {gate.threshold} from layer {gate.min_layer}; "
+                     f"{depth:.1f} of {model.config.num_hidden_layers} layers per generated token")
+        skipped = round(model.config.num_hidden_layers - depth, 2)
     else:
         batch = encode_prompts(tok, [prompt], model.device, context_length(model) - max_new_tokens)
         ids, routes = system.decoder.generate(batch, max_new_tokens, tok.eos_token_id, mode=mode)
@@ -156,3 +180,18 @@ def _lossless(system: System, prompt: str, max_new_tokens: int) -> tuple[Route, 
     new, stats = speculative_generate(verifier, ids, max_new_tokens, drafter, get(params, "lossless.gamma"),
                                       eos_token_id=tok.eos_token_id, router=router)
     return routes[0], new, stats.drafter, stats.mean_accepted, verifier.dtype
+
+
+def _dynamic(system: System, prompt: str, max_new_tokens: int) -> tuple[Route, list[int], float]:
+    """Route during the full prefill, then per-token depth: (route, new ids, mean layers per generated
+    token after the first, which the prefill gives)."""
+    model, tok = system.model, system.tokenizer
+    batch = encode_prompts(tok, [prompt], model.device, context_length(model) - max_new_tokens)
+    cache = DynamicCache(config=model.config)
+    logits, routes = system.decoder.route_and_prefill(batch, cache)
+    ids, depth = dynamic_continue(model, logits.argmax(-1), batch["attention_mask"], cache, max_new_tokens,
+                                  system.dynamic_gate(), tok.eos_token_id)
+    new, depths = ids[0].tolist(), depth[0].tolist()
+    end = new.index(tok.eos_token_id) + 1 if tok.eos_token_id in new else len(new)
+    decoded = depths[1:end] or depths[:1]
+    return routes[0], new[:end], sum(decoded) / len(decoded)

@@ -2,7 +2,7 @@
 
     ais info                                  what the built map contains
     ais route "Summarise this article: ..."   category, neighbours, skip plan
-    ais generate "What is 2+2?" --mode lossless
+    ais generate "What is 2+2?" --mode lossless   (or full, hard, soft, dynamic)
 """
 from __future__ import annotations
 
@@ -92,9 +92,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("prompt", nargs="?", help="the prompt text")
         s.add_argument("--file", help="read the prompt from a UTF-8 file (- for standard input)")
         if name == "generate":
-            s.add_argument("--mode", default=None, choices=("full", "hard", "soft", "lossless"),
+            s.add_argument("--mode", default=None, choices=("full", "hard", "soft", "lossless", "dynamic"),
                            help="full: no skip; hard/soft: the routed plan; lossless: speculative, identical to "
-                                "full (default: skip.mode in params.yaml)")
+                                "full; dynamic: per-token depth (default: skip.mode in params.yaml)")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
     return p

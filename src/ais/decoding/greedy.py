@@ -3,10 +3,12 @@
 prefix and which the benchmarks use as an even-handed baseline."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import DynamicCache
 
-from ais.model.gating import NO_SKIP, SkipPlan, skipping
+from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping
 from ais.model.prompts import context_length, encode_prompts
 
 
@@ -72,3 +74,31 @@ def plain_generate(model, batch: dict, max_new_tokens: int, plan: SkipPlan = NO_
     with skipping(model, plan):
         logits = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         return greedy_continue(model, logits.argmax(-1), batch["attention_mask"], cache, max_new_tokens, eos_token_id)
+
+
+@torch.inference_mode()
+def continue_with_plans(model, first: torch.Tensor, attention_mask: torch.Tensor, cache, plans: list[SkipPlan],
+                        max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
+    """Greedy decoding from a filled cache with each row's own plan (B x max_new_tokens): rows that
+    share a plan continue as one sub-batch on their own copy of the cache."""
+    groups = group_by_plan(plans)
+    out = torch.empty((first.shape[0], max_new_tokens), dtype=torch.long, device=first.device)
+    for plan, rows in groups.items():
+        sub_cache = cache
+        if len(groups) > 1:
+            sub_cache = copy.deepcopy(cache)
+            sub_cache.batch_select_indices(torch.tensor(rows, device=first.device))
+        with skipping(model, plan):
+            out[rows] = greedy_continue(model, first[rows], attention_mask[rows], sub_cache, max_new_tokens, eos_token_id)
+    return out
+
+
+@torch.inference_mode()
+def generate_after_full_prefill(model, batch: dict, max_new_tokens: int, plans: list[SkipPlan],
+                                eos_token_id: int | None = None) -> torch.Tensor:
+    """Greedy generation whose prompt prefill runs every layer and whose generated tokens skip
+    each row's plan (decode-time skipping)."""
+    cache = DynamicCache(config=model.config)
+    logits = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    return continue_with_plans(model, logits.argmax(-1), batch["attention_mask"], cache, plans, max_new_tokens,
+                               eos_token_id)

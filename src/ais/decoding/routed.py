@@ -21,7 +21,7 @@ from ais.model.gating import NO_SKIP, SkipPlan, decoder_layers, group_by_plan, s
 from ais.model.loading import model_identity
 from ais.model.prompts import context_length, encode_prompts
 from ais.routing.embedding import pool, router_embedding
-from ais.routing.plans import MODES, SkipSettings, make_plan, select_layers
+from ais.routing.plans import MODES, SkipSettings, candidate_layers, lowest_layers, make_plan, select_layers
 from ais.routing.topomap import MapError, TopoMap
 
 
@@ -81,6 +81,16 @@ class RoutedDecoder:
         """The layers a category's plan skips (its lowest-importance layers at or past the pivot)."""
         importance = self.topo.importance[self.topo.categories.index(category)]
         return select_layers(importance, self.pivot, self.settings, fraction)
+
+    def global_layers(self, n: int, below_pivot: bool = False) -> list[int]:
+        """One plan for every prompt: the `n` lowest layers of the same importance measure taken over all
+        categories' prompts pooled (maps without it: the mean of the categories' importance). With
+        `below_pivot` the plan may also use the router's layers (a control: what the rule costs)."""
+        pooled = self.topo.global_importance
+        if pooled is None:
+            pooled = self.topo.importance.mean(0)
+        pivot = 1 if below_pivot else self.pivot
+        return lowest_layers(pooled, candidate_layers(pooled, pivot, self.settings.critical), n)
 
     def plan_for(self, category: str, fraction: float | None = None, mode: str | None = None) -> SkipPlan:
         """The skip plan of a category in `mode` (default: the settings' mode)."""

@@ -1,28 +1,42 @@
-"""The quality-vs-speed frontier: for each number of skipped layers, quality against the full model
-(top-1 agreement, KL; per prompt, on both held-out splits) and the prefill speedup measured for that
-very plan, for every way of choosing the layers, all in `skip.mode`:
-  routed — each prompt's routed category's plan; timed with the router and the map lookup inside
-           the clock, on batches that mix categories, rows continuing as one sub-batch per plan;
-  oracle — the prompt's true category's plan (no router; the same sub-batches);
-  global — one plan for all prompts; random — the same number of layers drawn at random;
-plus the original prototype's plans (a fixed half of the groups; per category its best group)."""
+"""The quality-vs-speed frontier of every level of adaptivity, under one protocol: the prompt's
+prefill runs every layer (the router's layers are its first layers, so routing costs only the map
+lookup), then each generated token skips the layers its level chooses:
+  global  — one plan for every prompt (the pooled importance), n layers;
+  routed  — the routed category's plan, n layers; oracle — the true category's plan (no router);
+  random  — n layers drawn at random (a control);
+  original_fixed_half / original_best_group — the original prototype's plans;
+  dynamic — per token, CALM's hidden-state saturation gate (`ais.decoding.dynamic`): an exited token
+            skips the later of the 2n least important layers past the pivot (pooled importance); its
+            threshold set on calibration prompts so that decoded tokens skip n layers on average
+            (equal mean depth by construction there; the depth reached on held-out prompts is measured);
+  dynamic_calm — the same gate exiting from every later layer (CALM's own early exit).
+Quality: teacher-forced on the full model's own greedy continuation, per prompt, top-1 agreement and
+KL against the full model computed by the same protocol; `stepwise_full` is the full model scored one
+token at a time as the dynamic mode runs (in bfloat16 its rounding differs from the one-forward
+continuation: the floor below which a difference is rounding). Speed: generation tokens/s of whole
+requests (prefill, routing, gate all inside the clock) at batch 1 and 4, against the full model's
+greedy loop on the same prompts, interleaved."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tqdm import tqdm
+from transformers import DynamicCache
 
-from ais.decoding.greedy import next_token_logits
+from ais.decoding.dynamic import NEVER, DepthGate, dynamic_generate, forced_logits
+from ais.decoding.greedy import continue_with_plans, generate_after_full_prefill, plain_generate
 from ais.decoding.routed import RoutedDecoder
+from ais.decoding.speculative import recording_states
 from ais.evaluation.importance import layer_groups
-from ais.evaluation.quality import make_reference
+from ais.evaluation.quality import compare_logprobs, decode_logprobs, make_reference
 from ais.evaluation.statistics import mean_interval, paired_difference
 from ais.evaluation.timing import speedup, summary, time_interleaved
-from ais.evaluation.validation import global_layers, score_plans
-from ais.model.gating import SkipPlan, group_by_plan
+from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan
 from ais.model.prompts import context_length, encode_prompts
 from ais.routing.plans import make_plan, random_layers
 
-ROUTED = "routed"
+ROUTED, DYNAMIC, CALM, FLOOR = "routed", "dynamic", "dynamic_calm", "stepwise_full"
+COMPARED = ("global", ROUTED)  # each level's paired difference is reported against these, at the same count
 
 
 def original_plans(n_layers: int, group_kl: np.ndarray, categories: list[str]) -> dict[str, dict[str, list[int]]]:
@@ -38,22 +52,15 @@ def original_plans(n_layers: int, group_kl: np.ndarray, categories: list[str]) -
     return {"original_fixed_half": {c: fixed for c in categories}, "original_best_group": best}
 
 
-def run_plans(model, batch: dict, plans: list[SkipPlan]) -> None:
-    """One prefill forward of a batch whose rows have their own plans: one sub-batch per plan."""
-    for plan, rows in group_by_plan(plans).items():
-        sub = batch if len(rows) == batch["input_ids"].shape[0] else {k: v[rows] for k, v in batch.items()}
-        next_token_logits(model, sub, plan)
-
-
 def plans_for_count(decoder: RoutedDecoder, truth: list[str], routed: list[str], n: int,
                     rng: np.random.Generator) -> dict[tuple[str, int], list[SkipPlan]]:
-    """Every method's plan per prompt at `n` skipped layers."""
+    """Every static method's plan per prompt at `n` skipped layers."""
     settings, n_layers = decoder.settings, decoder.model.config.num_hidden_layers
     mode, alpha, fraction = settings.mode, settings.alpha, n / n_layers
     return {
         (ROUTED, n): [decoder.plan_for(c, fraction) for c in routed],
         ("oracle", n): [decoder.plan_for(c, fraction) for c in truth],
-        ("global", n): [make_plan(global_layers(decoder, n), mode, alpha)] * len(truth),
+        ("global", n): [make_plan(decoder.global_layers(n), mode, alpha)] * len(truth),
         ("random", n): [make_plan(random_layers(n_layers, decoder.pivot, n, rng), mode, alpha) for _ in truth],
     }
 
@@ -70,10 +77,80 @@ def extra_plans_for(decoder: RoutedDecoder, routed: list[str],
     return out
 
 
+def dynamic_candidates(decoder: RoutedDecoder, n: int) -> list[int]:
+    """The layers an exited token may skip at the frontier's point n: the 2n least important layers
+    past the pivot by the pooled importance (all of them where fewer remain)."""
+    return decoder.global_layers(min(2 * n, decoder.model.config.num_hidden_layers))
+
+
+@torch.inference_mode()
+def calibrate_gates(model, tokenizer, prompts: list[str], counts: list[int], n_continuation: int, min_layer: int,
+                    candidates: dict[int, list[int] | None]) -> dict[int, DepthGate]:
+    """Per layer count n > 0, the gate (with `candidates[n]`) whose threshold makes the decoded tokens
+    of `prompts` (calibration prompts, never the evaluated ones) skip n layers on average, read off
+    one full forward: a token exits after the first layer i >= min_layer - 1 whose input and output
+    have cosine similarity >= the threshold and then skips the candidates past i. (Exits change later
+    tokens' caches; the depth reached on the evaluated prompts is measured there.)"""
+    ref = make_reference(model, tokenizer, prompts, n_continuation)
+    with recording_states(model) as states:
+        model(**ref.batch, use_cache=False)
+    n_layers = len(states) - 1
+    columns = list(range(ref.columns.start + 1, ref.columns.stop)) or [ref.columns.start]
+    scored = ref.scored[:, -len(columns):].bool()
+    cos = torch.stack([torch.cosine_similarity(states[i][:, columns].float(), states[i + 1][:, columns].float(), dim=-1)
+                       for i in range(n_layers)], -1)[scored]  # tokens x layers
+    may_exit = (torch.arange(n_layers) + 1 >= min_layer) & (torch.arange(n_layers) + 1 < n_layers)
+    gates = {}
+    for n in counts:
+        if n == 0:
+            continue
+        gate = DepthGate(1.0, min_layer, candidates.get(n))
+        skippable = torch.tensor([gate.skippable(i) for i in range(n_layers)])
+        after = skippable.flip(0).cumsum(0).flip(0) - skippable.long()  # candidates past layer i
+
+        def mean_skipped(threshold: float) -> float:
+            fires = (cos >= threshold) & may_exit
+            exit_after = torch.where(fires.any(-1), fires.float().argmax(-1), torch.full((len(cos),), n_layers - 1))
+            return float(after[exit_after].float().mean())
+
+        low, high = 0.0, 1.0 + 1e-6  # mean_skipped(low) >= n > mean_skipped(high) = 0
+        if mean_skipped(low) < n:
+            raise ValueError(f"the dynamic gate cannot skip {n} layers on average with candidates {gate.candidates}")
+        for _ in range(40):
+            middle = (low + high) / 2
+            low, high = (middle, high) if mean_skipped(middle) >= n else (low, middle)
+        gates[n] = DepthGate(round(low, 6), min_layer, candidates.get(n))
+    return gates
+
+
+def _score_static(model, ref, full: torch.Tensor, plans: list[SkipPlan]) -> dict[str, np.ndarray]:
+    """Per-row KL / top-1 / top-5 of decode-time plans (rows sharing a plan in one forward)."""
+    out = {k: np.zeros(len(plans)) for k in ("kl", "top1", "top5")}
+    for plan, members in group_by_plan(plans).items():
+        sub = ref if len(members) == len(plans) else ref.rows(members)
+        scores = compare_logprobs(full[members], decode_logprobs(model, sub, plan), sub.scored)
+        for key in out:
+            out[key][members] = scores[key].cpu().numpy()
+    return out
+
+
+def _score_dynamic(model, ref, full: torch.Tensor, gate: DepthGate) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-row scores of the dynamic mode and each row's mean skipped layers over its decoded,
+    scored tokens (the first token comes from the full prefill and is not counted)."""
+    logits, depth = forced_logits(model, ref.batch, ref.columns.start, ref.columns.stop, gate)
+    scores = compare_logprobs(full, torch.log_softmax(logits, -1), ref.scored)
+    n_layers = model.config.num_hidden_layers
+    decoded = ref.scored[:, 1:] if ref.scored.shape[1] > 1 else ref.scored
+    skipped = ((n_layers - depth[:, 1:] if depth.shape[1] > 1 else n_layers - depth).float() * decoded).sum(1)
+    mean = (skipped / decoded.sum(1).clamp_min(1)).cpu().numpy()
+    return {k: v.cpu().numpy() for k, v in scores.items()}, mean
+
+
 def measure_quality(decoder: RoutedDecoder, tokenizer, prompts_by_split: dict[str, dict[str, list[str]]],
                     counts: list[int], n_continuation: int, seed: int, extra: dict[str, dict[str, list[int]]],
-                    progress: bool = True) -> list[dict]:
-    """Per-prompt rows {split, category, prompt, method, n_skipped, top1, top5, kl}."""
+                    gates: dict[str, dict[int, DepthGate]], progress: bool = True) -> list[dict]:
+    """Per-prompt rows {split, category, prompt, method, n_skipped, layers_skipped, top1, top5, kl}:
+    `n_skipped` is the point's nominal count, `layers_skipped` what the prompt's decoded tokens skipped."""
     model = decoder.model
     rng = np.random.default_rng(seed)
     rows = []
@@ -82,62 +159,112 @@ def measure_quality(decoder: RoutedDecoder, tokenizer, prompts_by_split: dict[st
             prompts = by_category[category]
             routed = [r.category for r in decoder.route_prompts(tokenizer, prompts, mode="full")]
             ref = make_reference(model, tokenizer, prompts, n_continuation)
-            conditions = extra_plans_for(decoder, routed, extra)
+            full = decode_logprobs(model, ref, NO_SKIP)  # the reference, computed by the same protocol
+            points = {}
+            for (method, n), plans in extra_plans_for(decoder, routed, extra).items():
+                points[(method, n)] = (_score_static(model, ref, full, plans), [len(p.hard) for p in plans])
             for n in counts:
-                conditions.update(plans_for_count(decoder, [category] * len(prompts), routed, n, rng))
-            for (method, n), metric in score_plans(model, ref, conditions).items():
+                for (method, m), plans in plans_for_count(decoder, [category] * len(prompts), routed, n, rng).items():
+                    points[(method, m)] = (_score_static(model, ref, full, plans), [len(p.hard) for p in plans])
+            points[(FLOOR, 0)] = _score_dynamic(model, ref, full, NEVER)
+            for method, by_count in gates.items():
+                for n, gate in by_count.items():
+                    points[(method, n)] = _score_dynamic(model, ref, full, gate)
+            for (method, n), (scores, skipped) in points.items():
                 for i in range(len(prompts)):
                     rows.append({"split": split, "category": category, "prompt": i, "method": method, "n_skipped": n,
-                                 **{k: round(float(v[i]), 6) for k, v in metric.items()}})
+                                 "layers_skipped": round(float(skipped[i]), 4),
+                                 **{k: round(float(v[i]), 6) for k, v in scores.items()}})
     return rows
 
 
-def measure_speed(decoder: RoutedDecoder, tokenizer, prompts: list[str], truth: list[str], counts: list[int],
-                  extra: dict[str, dict[str, list[int]]], warmup: int, repeats: int, seed: int) -> dict[tuple, dict]:
-    """{(method, n): median time, IQR and paired speedup over the full model} for a mixed batch,
-    every plan timed as used, all calls interleaved in one seeded random order per repeat."""
+def _rotating(prompts: list[str], size: int, repeat: int) -> list[str]:
+    return [prompts[(repeat * size + j) % len(prompts)] for j in range(size)]
+
+
+def request_calls(decoder: RoutedDecoder, counts: list[int], gates: dict[int, DepthGate],
+                  new_tokens: int) -> dict[tuple[str, int], callable]:
+    """{(method, n): a function generating `new_tokens` greedy tokens (no early stop) for a batch} for
+    every timed point: the prefill runs every layer; routing (from the prefill's first layers), the
+    plan lookup and the gate happen inside the call."""
     model, n_layers = decoder.model, decoder.model.config.num_hidden_layers
-    batch = encode_prompts(tokenizer, prompts, model.device, context_length(model))
-    routed = [r.category for r in decoder.route_prompts(tokenizer, prompts, mode="full")]
-    rng = np.random.default_rng(seed)
-    calls = {("full", 0): lambda: next_token_logits(model, batch)}
+
+    def routed(n):
+        def call(batch):
+            cache = DynamicCache(config=model.config)
+            logits, routes = decoder.route_and_prefill(batch, cache)
+            plans = [decoder.plan_for(r.category, n / n_layers) for r in routes]
+            return continue_with_plans(model, logits.argmax(-1), batch["attention_mask"], cache, plans, new_tokens)
+        return call
+
+    calls = {("full", 0): lambda batch: plain_generate(model, batch, new_tokens)}
     for n in counts:
         if n == 0:
             continue
-        fraction_decoder = decoder.with_fraction(n / n_layers)
-        calls[(ROUTED, n)] = lambda d=fraction_decoder: d.next_token_logits(batch)
-        for key, plans in plans_for_count(decoder, truth, routed, n, rng).items():
-            if key[0] != ROUTED:
-                calls[key] = lambda p=plans: run_plans(model, batch, p)
-    for key, plans in extra_plans_for(decoder, routed, extra).items():
-        calls[key] = lambda p=plans: run_plans(model, batch, p)
-    names = {f"{m}@{n}": (m, n) for m, n in calls}
-    times = time_interleaved({name: calls[key] for name, key in names.items()}, model.device, warmup, repeats, seed)
-    full = times["full@0"]
-    return {key: {**summary(times[name]), **speedup(full, times[name])} for name, key in names.items()}
+        plan = make_plan(decoder.global_layers(n), decoder.settings.mode, decoder.settings.alpha)
+        calls[("global", n)] = lambda batch, p=plan: generate_after_full_prefill(
+            model, batch, new_tokens, [p] * batch["input_ids"].shape[0])
+        calls[(ROUTED, n)] = routed(n)
+        if n in gates:
+            calls[(DYNAMIC, n)] = lambda batch, g=gates[n]: dynamic_generate(model, batch, new_tokens, g)
+    return calls
+
+
+def _rotating(prompts: list[str], size: int, repeat: int) -> list[str]:
+    return [prompts[(repeat * size + j) % len(prompts)] for j in range(size)]
+
+
+def measure_speed(decoder: RoutedDecoder, tokenizer, prompts: list[str], calls: dict[tuple, callable],
+                  batch_sizes: list[int], new_tokens: int, warmup: int, repeats: int, seed: int) -> dict[tuple, dict]:
+    """{(method, n, batch size): median seconds, IQR, tokens/s and the paired speedup over the full
+    model}: in repeat r every call gets the same batch (the next `size` prompts of `prompts`), in a
+    seeded random order; the first `warmup` repeats are not counted."""
+    model = decoder.model
+    out = {}
+    for size in batch_sizes:
+        times = {key: [] for key in calls}
+        for r in range(warmup + repeats):
+            batch = encode_prompts(tokenizer, _rotating(prompts, size, r), model.device, context_length(model) - new_tokens)
+            one = time_interleaved({key: (lambda fn=fn: fn(batch)) for key, fn in calls.items()}, model.device, 0, 1,
+                                   seed + r)
+            if r >= warmup:
+                for key, t in one.items():
+                    times[key].append(float(t[0]))
+        full = np.array(times[("full", 0)])
+        for key, t in times.items():
+            stats = summary(np.array(t))
+            out[(*key, size)] = {**stats, **speedup(full, np.array(t)),
+                                 "tok_per_s": round(size * new_tokens / stats["median_s"], 2)}
+    return out
 
 
 def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: int, seed: int) -> list[dict]:
-    """One row per split, method and count: quality means with intervals, routed minus global
-    (paired), and the measured speed of that plan."""
+    """One row per split, method and count: quality means with intervals, paired differences from
+    the global and routed plans at the same count, the layers actually skipped, and the measured
+    generation speed of that point at each batch size."""
     out = []
-    keys = sorted({(r["split"], r["method"], r["n_skipped"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
+    keys = sorted({(r["split"], r["method"], r["n_skipped"]) for r in rows})
     by_key = {k: [r for r in rows if (r["split"], r["method"], r["n_skipped"]) == k] for k in keys}
+    sizes = sorted({k[2] for k in speed})
     for split, method, n in keys:
         members = by_key[(split, method, n)]
         top1 = mean_interval([r["top1"] for r in members], seed)
-        timed = speed.get((method, n)) or (speed[("full", 0)] if n == 0 else None)
-        row = {"split": split, "method": method, "mode": mode, "n_skipped": n, "fraction": round(n / n_layers, 4),
+        skipped = float(np.mean([r["layers_skipped"] for r in members]))
+        row = {"split": split, "method": method, "mode": mode if method not in (DYNAMIC, CALM, FLOOR) else "per-token",
+               "n_skipped": n, "layers_skipped": round(skipped, 3), "fraction": round(n / n_layers, 4),
                "n_prompts": len(members), "top1": round(top1.mean, 4), "top1_ci_low": round(top1.low, 4),
                "top1_ci_high": round(top1.high, 4), "top5": round(float(np.mean([r["top5"] for r in members])), 4),
                "kl": round(float(np.mean([r["kl"] for r in members])), 4)}
-        if method == ROUTED and (split, "global", n) in by_key:
-            diff = paired_difference([r["top1"] for r in members], [r["top1"] for r in by_key[(split, "global", n)]], seed)
-            row.update({k: round(v, 4) for k, v in diff.as_dict("routed_minus_global_top1").items()})
-        if timed is not None:
-            row.update({"speedup": round(timed["speedup"], 4), "speedup_q1": round(timed["speedup_q1"], 4),
-                        "speedup_q3": round(timed["speedup_q3"], 4), "median_s": round(timed["median_s"], 5),
-                        "iqr_s": round(timed["iqr_s"], 5)})
-        row["ideal_speedup"] = round(n_layers / (n_layers - n), 4) if mode == "hard" else 1.0
+        for other in COMPARED:
+            if other != method and (split, other, n) in by_key and n > 0:
+                diff = paired_difference([r["top1"] for r in members], [r["top1"] for r in by_key[(split, other, n)]], seed)
+                row.update({k: round(v, 4) for k, v in diff.as_dict(f"minus_{other}_top1").items()})
+        for size in sizes:
+            timed = speed.get((method, n, size)) or (speed.get(("full", 0, size)) if n == 0 and method != FLOOR else None)
+            if timed is not None:
+                row.update({f"b{size}_tok_per_s": timed["tok_per_s"], f"b{size}_speedup": round(timed["speedup"], 4),
+                            f"b{size}_speedup_q1": round(timed["speedup_q1"], 4),
+                            f"b{size}_speedup_q3": round(timed["speedup_q3"], 4)})
+        row["ideal_decode_speedup"] = round(n_layers / (n_layers - skipped), 4) if mode == "hard" or row["mode"] == "per-token" else 1.0
         out.append(row)
     return out

@@ -31,7 +31,6 @@ from tqdm import tqdm  # noqa: E402
 
 from ais.evaluation.benchmarks import BENCHMARKS, BenchmarkError, check_data, check_names  # noqa: E402
 from ais.evaluation.statistics import mean_interval, mean_of_means_interval  # noqa: E402
-from ais.evaluation.validation import global_layers  # noqa: E402
 from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping  # noqa: E402
 from ais.routing.plans import OTHER_MODE, make_plan, random_layers  # noqa: E402
 
@@ -277,7 +276,7 @@ def skip_conditions(decoder, tokenizer, seed: int,
         return [decoder.plan_for(c, mode=other) for c in routes.categories(contexts)]
 
     def global_(contexts):
-        return [make_plan(global_layers(decoder, len(decoder.layers_for(c))), mode, alpha)
+        return [make_plan(decoder.global_layers(len(decoder.layers_for(c))), mode, alpha)
                 for c in routes.categories(contexts)]
 
     def random_(contexts):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from ais.decoding.greedy import plain_generate
 from ais.model.prompts import context_length, encode_prompts
@@ -74,13 +75,34 @@ def _logprobs(model, batch, columns: slice, plan: SkipPlan) -> torch.Tensor:
 def compare(model, ref: Reference, plan: SkipPlan) -> dict:
     """Per-prompt mean over the scored positions of KL(full || plan), top-1 agreement and top-5
     overlap (tensors of length B)."""
-    logprobs = _logprobs(model, ref.batch, ref.columns, plan)
-    full = ref.full_logprobs
+    return compare_logprobs(ref.full_logprobs, _logprobs(model, ref.batch, ref.columns, plan), ref.scored)
+
+
+@torch.inference_mode()
+def decode_logprobs(model, ref: Reference, plan: SkipPlan = NO_SKIP) -> torch.Tensor:
+    """Log-probabilities at the reference's columns with `plan` applied to the generated tokens only:
+    the prompt's prefill runs every layer (filling the cache), then the continuation runs in one
+    cached forward under the plan (decode-time skipping, as generation after a full prefill does)."""
+    start, stop = ref.columns.start, ref.columns.stop
+    cache = DynamicCache(config=model.config)
+    prompt = {k: v[:, :start + 1] for k, v in ref.batch.items()}
+    first = model(**prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1:]
+    if stop - start == 1:
+        return torch.log_softmax(first.float(), -1)
+    with skipping(model, plan):
+        rest = model(input_ids=ref.batch["input_ids"][:, start + 1:stop],
+                     attention_mask=ref.batch["attention_mask"][:, :stop], past_key_values=cache, use_cache=True).logits
+    return torch.log_softmax(torch.cat([first, rest], 1).float(), -1)
+
+
+def compare_logprobs(full: torch.Tensor, logprobs: torch.Tensor, scored: torch.Tensor) -> dict:
+    """Per-prompt mean over the scored positions of KL(full || other), top-1 agreement and top-5
+    overlap between two B x positions x vocab log-probability tensors."""
     kl = (full.exp() * (full - logprobs)).sum(-1).clamp_min(0)
     top1 = (full.argmax(-1) == logprobs.argmax(-1)).float()
     top5_full, top5_skip = full.topk(5, -1).indices, logprobs.topk(5, -1).indices
     overlap = (top5_full.unsqueeze(-1) == top5_skip.unsqueeze(-2)).any(-1).float().mean(-1)
-    weights = ref.scored / ref.scored.sum(1, keepdim=True)
+    weights = scored / scored.sum(1, keepdim=True)
     return {"kl": (kl * weights).sum(1), "top1": (top1 * weights).sum(1), "top5": (overlap * weights).sum(1)}
 
 

@@ -16,22 +16,11 @@ from ais.decoding.routed import RoutedDecoder
 from ais.evaluation.quality import compare, make_reference
 from ais.evaluation.statistics import mean_interval, paired_difference
 from ais.model.gating import group_by_plan
-from ais.routing.plans import OTHER_MODE, candidate_layers, lowest_layers, make_plan, random_layers
+from ais.routing.plans import OTHER_MODE, make_plan, random_layers
 
 PASS_TOP1 = 0.95  # the original's criterion for a category to pass
 METRICS = ("kl", "top1", "top5")
 COMPARED = ("top1", "kl")  # the metrics every comparison is reported for, headline first
-
-
-def global_layers(decoder: RoutedDecoder, n: int, below_pivot: bool = False) -> list[int]:
-    """One plan for every prompt: the lowest layers of the same importance measure taken over all
-    categories' prompts pooled (maps without it: the mean of the categories' importance). With
-    `below_pivot` the plan may also use the router's layers (a control: what the rule costs)."""
-    pooled = decoder.topo.global_importance
-    if pooled is None:
-        pooled = decoder.topo.importance.mean(0)
-    pivot = 1 if below_pivot else decoder.pivot
-    return lowest_layers(pooled, candidate_layers(pooled, pivot, decoder.settings.critical), n)
 
 
 def score_plans(model, ref, plans_per_row: dict[str, list]) -> dict[str, dict[str, np.ndarray]]:
@@ -58,8 +47,8 @@ def conditions(decoder: RoutedDecoder, category: str, routes, rng: np.random.Gen
     return {
         "routed": [r.plan for r in routes],
         "oracle": [oracle] * len(routes),
-        "global": [make_plan(global_layers(decoder, len(ls)), mode, settings.alpha) for ls in routed_layers],
-        "global_any_layer": [make_plan(global_layers(decoder, len(ls), below_pivot=True), mode, settings.alpha)
+        "global": [make_plan(decoder.global_layers(len(ls)), mode, settings.alpha) for ls in routed_layers],
+        "global_any_layer": [make_plan(decoder.global_layers(len(ls), below_pivot=True), mode, settings.alpha)
                              for ls in routed_layers],
         "random": [make_plan(random_layers(n_layers, decoder.pivot, len(ls), rng), mode, settings.alpha)
                    for ls in routed_layers],

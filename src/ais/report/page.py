@@ -160,26 +160,10 @@ def build_report(reports: Path, params: dict) -> str:
         out += central_answer(validate)
     frontier = _csv(reports / "frontier.csv")
     if frontier:
-        out += ["## Quality vs speed (stage `frontier`)", "",
-                "Top-1 agreement (95% interval over prompts) against the prefill speedup measured for each plan as it "
-                "runs: routed plans with the router and the map lookup inside the clock, on a batch that mixes "
-                "categories (rows continue as one sub-batch per plan); speedup = median of per-repeat ratios to the "
-                f"full model, with its interquartile range. Every plan in `skip.mode` ({frontier[0].get('mode', 'hard')}; "
-                "soft skipping saves no compute). `oracle` uses the true category's plan.", "",
-                "![frontier](frontier.png)", ""]
-        for split, name in SPLIT_NAMES.items():
-            rows = [r for r in frontier if r["split"] == split]
-            if not rows:
-                continue
-            out += [f"{name.capitalize()}:", "",
-                    _table(["method", "layers", "top-1 [95% interval]", "routed − global top-1", "KL", "speedup [IQR]",
-                            "ideal"],
-                           [[r["method"], r["n_skipped"], f"{r['top1']} [{r['top1_ci_low']}, {r['top1_ci_high']}]",
-                             f"{float(r['routed_minus_global_top1']):+.4f} [{float(r['routed_minus_global_top1_ci_low']):+.4f}, "
-                             f"{float(r['routed_minus_global_top1_ci_high']):+.4f}]" if r.get("routed_minus_global_top1") else "",
-                             r["kl"], f"{r['speedup']} [{r['speedup_q1']}, {r['speedup_q3']}]" if r.get("speedup") else "",
-                             r["ideal_speedup"]] for r in rows]), ""]
-        out += ["A speedup whose interquartile range contains 1 is within the timing noise.", ""]
+        out += frontier_section(frontier)
+    depth = _json(reports / "depth.json")
+    if depth:
+        out += depth_section(depth)
     if validate:
         other = "soft" if validate["mode"] == "hard" else "hard"
         for split, name in SPLIT_NAMES.items():
@@ -320,3 +304,106 @@ def lossless_section(lossless: dict) -> list[str]:
         ex = lossless["example"]
         out += [f"Example ({ex['category']}): *{ex['prompt'][:160]}* → {ex['reply']!r}", ""]
     return out
+
+
+def _num(row: dict, key: str) -> float | None:
+    value = row.get(key, "")
+    return float(value) if value not in ("", None) else None
+
+
+def _diff_cell(row: dict, key: str) -> str:
+    if _num(row, key) is None:
+        return ""
+    text = f"{_num(row, key):+.3f} [{_num(row, key + '_ci_low'):+.3f}, {_num(row, key + '_ci_high'):+.3f}]"
+    return f"**{text}**" if _num(row, key + "_ci_low") > 0 or _num(row, key + "_ci_high") < 0 else text
+
+
+def _speed_cell(row: dict, size: int) -> str:
+    if _num(row, f"b{size}_speedup") is None:
+        return ""
+    return f"{row[f'b{size}_speedup']} [{row[f'b{size}_speedup_q1']}, {row[f'b{size}_speedup_q3']}]"
+
+
+def _ladder_words(frontier: list[dict]) -> list[str]:
+    """Per split and count: which adaptive level beats which, in words, with the intervals."""
+    names = {"minus_global_top1": "the global plan", "minus_routed_top1": "the routed category plan"}
+    words = []
+    for split, label in SPLIT_NAMES.items():
+        for n in sorted({int(r["n_skipped"]) for r in frontier if r["split"] == split and int(r["n_skipped"]) > 0}):
+            parts = []
+            for r in (r for r in frontier if r["split"] == split and int(r["n_skipped"]) == n):
+                for key, other in names.items():
+                    if _num(r, key) is None or r["method"] in ("random",):
+                        continue
+                    low, high = _num(r, key + "_ci_low"), _num(r, key + "_ci_high")
+                    verdict = "better than" if low > 0 else "worse than" if high < 0 else "no measurably different from"
+                    parts.append(f"{r['method']} is {verdict} {other} ({_diff_cell(r, key).strip('*')})")
+            if parts:
+                words.append(f"- {label}, {n} layers: " + "; ".join(parts) + ".")
+    return words
+
+
+def frontier_section(frontier: list[dict]) -> list[str]:
+    """The adaptivity frontier: every level under one protocol, quality with paired intervals against
+    the global and routed plans at the same count, and the measured generation speed."""
+    sizes = sorted({int(k[1:].split("_")[0]) for k in frontier[0] if k.startswith("b") and k.endswith("_speedup")})
+    out = ["## Adaptivity: every level on one frontier (stage `frontier`)", "",
+           "One protocol for every level: the prompt's prefill runs every layer (the router's layers are its first "
+           "layers, so routing costs only the map lookup), then each generated token skips the layers its level "
+           "chooses: one `global` plan; the `routed` category's plan (`oracle`: the true category's); per token, the "
+           "`dynamic` gate (CALM's hidden-state saturation; an exited token skips the later of the 2n least important "
+           "layers) and `dynamic_calm` (CALM's plain early exit), both set on calibration prompts to skip n layers on "
+           "average; `random` layers as a control; `stepwise_full` is the full model scored one token at a time as "
+           "the dynamic mode runs (its disagreement with the one-forward reference is rounding: the floor). Quality: "
+           "top-1 agreement with the full model, teacher-forced on its own greedy continuation (95% interval over "
+           "prompts); differences are paired over prompts, **bold** where the interval excludes 0. Speed: whole "
+           "generation requests (prefill, routing and gate inside the clock), median of per-repeat ratios to the "
+           "full model's greedy loop with the interquartile range; blank where the point was not timed. Prefill "
+           "speed is in the throughput section.", "", "![frontier](frontier.png)", ""]
+    for split, name in SPLIT_NAMES.items():
+        rows = [r for r in frontier if r["split"] == split]
+        if not rows:
+            continue
+        out += [f"{name.capitalize()}:", "",
+                _table(["method", "layers", "skipped (measured)", "top-1 [95%]", "− global", "− routed", "KL"]
+                       + [f"speedup b{b} [IQR]" for b in sizes] + ["ideal (decode)"],
+                       [[r["method"], r["n_skipped"], r["layers_skipped"], f"{r['top1']} [{r['top1_ci_low']}, {r['top1_ci_high']}]",
+                         _diff_cell(r, "minus_global_top1"), _diff_cell(r, "minus_routed_top1"), r["kl"]]
+                        + [_speed_cell(r, b) for b in sizes] + [r["ideal_decode_speedup"]]
+                        for r in sorted(rows, key=lambda r: (int(r["n_skipped"]), r["method"]))]), ""]
+    out += ["Which level wins where (top-1 agreement, paired over prompts):", "", *_ladder_words(frontier), "",
+            "A difference whose interval contains 0 is no measurable difference; a speedup whose interquartile range "
+            "contains 1 is within the timing noise.", ""]
+    return out
+
+
+def depth_section(depth: dict) -> list[str]:
+    """Per-token depth beside FlexiDepth's numbers, and whether its orderings hold here."""
+    n, flexi = depth["n_layers"], depth["flexidepth"]
+    ops = depth["operations"]
+    rows = [[op, v["n_items"], v["n_tokens"], f"{v['needed']:.1f} [{v['needed_ci_low']:.1f}, {v['needed_ci_high']:.1f}]",
+             v["needed_fraction"], f"{v['saturation']:.1f} [{v['saturation_ci_low']:.1f}, {v['saturation_ci_high']:.1f}]",
+             v["saturation_fraction"], flexi["layers_per_token"].get(op, ""), v.get("flexidepth_fraction", "")]
+            for op, v in ops.items()]
+    cats = [[c, v["n_items"], f"{v['needed']:.1f} [{v['needed_ci_low']:.1f}, {v['needed_ci_high']:.1f}]",
+             v["needed_fraction"], f"{v['saturation']:.1f} [{v['saturation_ci_low']:.1f}, {v['saturation_ci_high']:.1f}]"]
+            for c, v in depth["categories"].items()]
+    order_words = []
+    for measure, chains in depth["orderings"].items():
+        for chain, verdict in chains.items():
+            holds = ("holds, every adjacent pair's intervals apart" if verdict["intervals_apart"] else
+                     "holds by the means, not beyond the intervals" if verdict["by_means"] else "does not hold")
+            order_words.append(f"- {measure}: {chain} {holds}.")
+    return ["## Per-token depth (stage `depth`)", "",
+            f"For the full model's greedy continuation ({depth['max_new_tokens']} tokens), per generated token: "
+            f"`needed` = {n} minus the layers that token alone can skip and keep its top-1 (its own least influential "
+            "layers first; a skipped layer still writes its keys and values, so the cache stays complete); "
+            "`saturation` = the first layer after which the logit lens always gives the final top-1. Mean over "
+            "prompts of each prompt's mean, 95% bootstrap interval. FlexiDepth (Llama-3-8B-Instruct, 32 layers, "
+            "trained gates) beside it, both also as fractions of the layer count.", "",
+            _table(["operation", "prompts", "tokens", "needed [95%]", "needed / L", "saturation [95%]", "saturation / L",
+                    f"FlexiDepth layers (of {flexi['n_layers']})", "FlexiDepth / L"], rows), "",
+            "FlexiDepth's orderings here:", "", *order_words, "", "![depth](depth.png)", "",
+            "Held-out prompts of seen tasks, per category:", "",
+            _table(["category", "prompts", "needed [95%]", "needed / L", "saturation [95%]"], cats), "",
+            "Per token: `depth_tokens.csv`.", ""]

@@ -67,28 +67,35 @@ def plot_importance(normalised: dict, raw: dict, categories: list[str], path: Pa
     save_figure(fig, path)
 
 
-def plot_frontier(rows: list[dict], path: Path | str, title: str) -> None:
-    """Top-1 agreement with the full model (95% interval over prompts) against the prefill speedup
-    measured for that plan (interquartile range over repeats), a line per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({r["method"] for r in rows})
-    for method in methods:
-        pts = sorted((r for r in rows if r["method"] == method and "speedup" in r), key=lambda r: r["n_skipped"])
+def plot_frontier(rows: list[dict], path: Path | str, title: str, batch_size: int = 1) -> None:
+    """Left: top-1 agreement with the full model (95% interval over prompts) against the generation
+    speedup measured for that point at `batch_size` (interquartile range over repeats). Middle and
+    right: top-1 agreement and KL against the layers the decoded tokens actually skipped. A line per method."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    key = f"b{batch_size}_speedup"
+    for method in sorted({r["method"] for r in rows}):
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["layers_skipped"])
         style = dict(marker="o", ms=4) if len(pts) > 1 else dict(marker="*", ms=12, ls="none")
-        x, y = [p["speedup"] for p in pts], [p["top1"] for p in pts]
-        xerr = [[p["speedup"] - p["speedup_q1"] for p in pts], [p["speedup_q3"] - p["speedup"] for p in pts]]
         yerr = [[p["top1"] - p["top1_ci_low"] for p in pts], [p["top1_ci_high"] - p["top1"] for p in pts]]
-        axes[0].errorbar(x, y, xerr=xerr, yerr=yerr, label=method, capsize=2, elinewidth=0.8, **style)
-        axes[1].plot([p["fraction"] for p in pts], [p["kl"] for p in pts], label=method, **style)
-    axes[0].set_xlabel("measured prefill speedup (x, vs full model)")
+        timed = [p for p in pts if key in p]
+        if timed:
+            axes[0].errorbar([p[key] for p in timed], [p["top1"] for p in timed],
+                             xerr=[[p[key] - p[f"{key}_q1"] for p in timed], [p[f"{key}_q3"] - p[key] for p in timed]],
+                             yerr=[[p["top1"] - p["top1_ci_low"] for p in timed], [p["top1_ci_high"] - p["top1"] for p in timed]],
+                             label=method, capsize=2, elinewidth=0.8, **style)
+        axes[1].errorbar([p["layers_skipped"] for p in pts], [p["top1"] for p in pts], yerr=yerr, label=method,
+                         capsize=2, elinewidth=0.8, **style)
+        axes[2].plot([p["layers_skipped"] for p in pts], [p["kl"] for p in pts], label=method, **style)
+    axes[0].set_xlabel(f"measured generation speedup at batch {batch_size} (x, vs full model)")
     axes[0].set_ylabel("top-1 agreement with full model")
-    axes[0].axhline(0.95, color="grey", ls="--", lw=1)
-    axes[1].set_xlabel(f"fraction of layers {rows[0].get('mode', 'hard')}-skipped")
-    axes[1].set_ylabel("KL(full || skipped)")
-    axes[1].set_yscale("symlog", linthresh=0.1)
+    axes[1].set_xlabel("layers skipped per generated token (measured)")
+    axes[1].set_ylabel("top-1 agreement with full model")
+    axes[2].set_xlabel("layers skipped per generated token (measured)")
+    axes[2].set_ylabel("KL(full || skipped)")
+    axes[2].set_yscale("symlog", linthresh=0.1)
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8)
+    axes[1].legend(frameon=False, fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
@@ -113,4 +120,25 @@ def plot_lossless(per_category: dict, system_dtype: str, path: Path | str, title
     ax.set_title(title, fontsize=10, pad=60)
     ax.legend(frameon=False, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
     ax.grid(alpha=0.3, axis="x")
+    save_figure(fig, path)
+
+
+def plot_depth(examples: dict[str, dict], n_layers: int, flexidepth: dict[str, float], path: Path | str, title: str) -> None:
+    """Layers each token needs along one generation per operation: L - skippable, and the
+    saturation layer; FlexiDepth's mean for that operation (as a fraction of its layers) dashed."""
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharey=True)
+    for ax, (op, depths) in zip(axes.flat, examples.items()):
+        steps = np.arange(len(depths["needed"]))
+        ax.step(steps, depths["needed"], where="mid", label="needed (L - skippable)")
+        ax.step(steps, depths["saturation"], where="mid", alpha=0.7, label="saturation layer")
+        if op in flexidepth:
+            ax.axhline(flexidepth[op] * n_layers, color="black", ls="--", lw=1, label="FlexiDepth mean (scaled)")
+        ax.set_title(op, fontsize=10)
+        ax.set_xlabel("generated token")
+        ax.set_ylim(0, n_layers + 0.5)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("layers")
+    axes[1, 0].set_ylabel("layers")
+    axes[0, 0].legend(frameon=False, fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=11)
     save_figure(fig, path)
