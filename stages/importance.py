@@ -4,12 +4,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ais.evaluation.importance import METHODS, measure, minmax_per_category
+from ais.evaluation.importance import METHODS, measure
 from ais.files import save_npz, write_csv, write_json
 from ais.model.loading import load_model
 from ais.params import get, load_params
 from ais.report.plots import plot_importance
 from ais.routing.corpus import prompts_by_category, read_corpus
+from ais.routing.plans import minmax_per_category
 from ais.routing.embedding import resolve_pivot
 
 if __name__ == "__main__":

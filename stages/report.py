@@ -1,10 +1,17 @@
-"""Stage `report`: reports/README.md, the headline tables generated from the metrics."""
+"""Stage `report`: reports/README.md, the headline tables generated from the metrics, and this model's
+summary (reports/summary.json), beside the other models' summaries kept in reports/models/."""
+import json
 from pathlib import Path
 
-from ais.files import write_text
+from ais.files import write_json, write_text
 from ais.params import load_params
-from ais.report.page import build_report
+from ais.report.page import build_report, model_summary
 
 if __name__ == "__main__":
-    write_text("reports/README.md", build_report(Path("reports"), load_params()))
-    print("report: reports/README.md")
+    params = load_params()
+    summary = model_summary(Path("reports"), params)
+    others = [json.loads(p.read_text()) for p in sorted(Path("reports/models").glob("*/summary.json"))
+              if p.parent.name != summary["source"]]
+    write_json("reports/summary.json", summary)
+    write_text("reports/README.md", build_report(Path("reports"), params, others))
+    print(f"report: reports/README.md, reports/summary.json ({len(others)} other models beside it)")

@@ -25,6 +25,34 @@ def tiny_llama(n_layers=6, hidden=32, dtype=torch.float32, seed=0, vocab=97):
     return model
 
 
+FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
+
+
+def tiny_model(family="llama", n_layers=6, hidden=32, dtype=torch.float32, seed=0, vocab=97):
+    """A random model of a supported family, built from a config like `tiny_llama` (Qwen2 with its
+    attention biases, Qwen3 with its query/key norms, Mistral without a sliding window)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    if family == "llama":
+        return tiny_llama(n_layers, hidden, dtype, seed, vocab)
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
+                                 "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[family]
+    torch.manual_seed(seed)
+    extra = {"head_dim": hidden // 4} if family == "qwen3" else {}
+    config = config_class(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1,
+                          eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, initializer_range=0.25,
+                          sliding_window=None, **extra)
+    model = model_class(config).to(dtype).eval()
+    if family == "qwen2":  # random biases: the key/value fill must apply them
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.25)
+    model.generation_config.pad_token_id = 0
+    return model
+
+
 def left_padded(rows, pad_id=0):
     """A left-padded batch {input_ids, attention_mask} from lists of token ids."""
     width = max(len(r) for r in rows)
@@ -100,13 +128,17 @@ def write_fake_bigbench(path, tasks: dict):
     return path
 
 
-def tiny_routed_decoder(model, tok, contexts, labels):
+def tiny_routed_decoder(model, tok, contexts, labels, plan="category", scores=False, k=1):
     """A map whose entries are the contexts' own router embeddings (pivot 2), so each context routes
-    to its label; category a skips layer 4, b layer 3 (hard)."""
+    to its label; category a skips layer 4, b layer 3 (hard). With `scores` the map also holds each
+    entry's own layer scores (block influence), which the neighbours plan reads."""
+    from ais.routing.embedding import embed_and_score
+
     vectors = router_embedding(model, encode_prompts(tok, contexts, "cpu"), 2).double().numpy()
-    identity = {"model_type": "llama", "n_layers": 6, "hidden_size": 32, "vocab_size": 97,
+    prompt_scores = embed_and_score(model, tok, contexts, 2, progress=False)[1] if scores else None
+    identity = {"model_type": model.config.model_type, "n_layers": 6, "hidden_size": 32, "vocab_size": 97,
                 "pivot_layer": 2, "pooling": "last"}
     importance = np.array([[1, .9, .8, .5, .1, .7], [1, .9, .8, .2, .6, .7]])
     topo = TopoMap(vectors, np.array(labels), ["a", "b"], identity, importance=importance,
-                   global_importance=np.array([1, .9, .8, .3, .4, .7]))
-    return RoutedDecoder(model, topo, SkipSettings(mode="hard", fraction=1 / 6, alpha=0.6), k=1)
+                   global_importance=np.array([1, .9, .8, .3, .4, .7]), prompt_scores=prompt_scores)
+    return RoutedDecoder(model, topo, SkipSettings(mode="hard", plan=plan, fraction=1 / 6, alpha=0.6), k=k)

@@ -20,7 +20,7 @@ from ais.routing.plans import SkipSettings, n_layers_to_skip
 from ais.routing.topomap import TopoMap
 from conftest import tiny_llama, tiny_tokenizer
 
-GOOD_SKIP = {"mode": "hard", "alpha": 0.7, "select": "fraction", "fraction": 0.1, "threshold": 0.05, "critical": 0.9}
+GOOD_SKIP = {"mode": "hard", "plan": "category", "alpha": 0.7, "select": "fraction", "fraction": 0.1, "threshold": 0.05, "critical": 0.9}
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -32,6 +32,7 @@ GOOD_SKIP = {"mode": "hard", "alpha": 0.7, "select": "fraction", "fraction": 0.1
     ("fraction", -0.1, "`skip.fraction` is -0.1; it must be >= 0"),
     ("fraction", "half", "`skip.fraction` is 'half' (str); it must be float"),
     ("mode", "medium", "`skip.mode` is 'medium'; it must be one of hard, soft"),
+    ("plan", "token", "`skip.plan` is 'token'; it must be one of global, category, neighbours, prompt"),
     ("select", "top", "`skip.select` is 'top'; it must be one of fraction, threshold"),
     ("critical", True, "`skip.critical` is True (bool); it must be float"),
 ])

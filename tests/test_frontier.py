@@ -95,7 +95,7 @@ def test_every_timed_point_runs_as_a_whole_request(system):
     decoder, tok = system
     gates = {1: DepthGate(0.5, 2, [3, 4])}
     calls = request_calls(decoder, [0, 1], gates, new_tokens=3)
-    assert set(calls) == {("full", 0), ("global", 1), (ROUTED, 1), (DYNAMIC, 1)}
+    assert set(calls) == {("full", 0), ("global", 1), (ROUTED, 1), (DYNAMIC, 1), ("prompt", 1)}  # no map scores: no neighbours
     batch = encode_prompts(tok, PROMPTS[:2], "cpu")
     for fn in calls.values():
         out = fn(batch)

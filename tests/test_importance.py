@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ais.evaluation.frontier import original_plans
-from ais.evaluation.importance import ablate, greedy_search, measure, minmax_per_category, split_half_stability
+from ais.evaluation.importance import ablate, greedy_search, measure, split_half_stability
+from ais.routing.plans import minmax_per_category
 from ais.evaluation.quality import Reference, compare, eos_mask, make_reference
 from ais.model.gating import SkipPlan
 from conftest import tiny_llama, tiny_tokenizer

@@ -81,10 +81,10 @@ def test_measure_times_every_decoder_in_both_dtypes_and_finds_them_exact_in_floa
                                              {c: p[1:] for c, p in by_category.items()}, settings, "float32", 0,
                                              progress=False)
     decoders = {(r["dtype"], r["decoder"]) for r in rows}
-    for dtype in models:
-        assert {(dtype, n) for n in ("generate", "generate_prompt_lookup", "none", "routed_skip", "clasp",
-                                     "prompt_lookup")} <= decoders
-    assert ("float32", "routed_skip_fixed_threshold") in decoders and ("bfloat16", "routed_skip_fixed_threshold") not in decoders
+    assert {("float32", n) for n in ("generate", "generate_prompt_lookup", "none", "routed_skip", "clasp",
+                                     "prompt_lookup", "system", "routed_skip_fixed_threshold")} <= decoders
+    assert {d for d in decoders if d[0] == "bfloat16"} == {("bfloat16", n) for n in ("generate", "generate_prompt_lookup",
+                                                                                    "none", "prompt_lookup")}
     assert overall["exactness"]["float32"]["identical_share"] == 1.0
     assert overall["exactness"]["bfloat16"]["all_divergences_below_bound"]
     assert set(overall["chosen"]) == {"a", "b"} and set(per_category) == {"a", "b"}

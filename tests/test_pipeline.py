@@ -41,7 +41,7 @@ SMALL = {
     "throughput": {"batch_sizes": [1, 2], "generate_batch_sizes": [1], "new_tokens": 3,
                    "warmup": 1, "repeats": 2, "generate_repeats": 1},
     "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_prompts": 3, "batch_sizes": [1, 2], "new_tokens": 3,
-                 "repeats": 2},
+                 "warmup": 1, "repeats": 1, "oracle_fractions": [0.1]},
     "umap": {"n_neighbors": 5},
     "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32"},  # the strict mode: the CLI check is exact
     "depth": {"paragraphs": "gen/story", "n_per_operation": 2, "n_per_category": 1, "max_new_tokens": 4},
@@ -124,16 +124,15 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
     # the same tokens as `generate`; in bfloat16 any divergence is a rounding tie
     lossless = before["lossless.json"]
     assert lossless["exactness"]["float32"]["identical_share"] == 1.0
-    for dtype, e in lossless["exactness"].items():  # 3 test prompts: generate's prompt lookup, 4 drafters; in the
-        assert e["n_generations"] == 3 * (5 + 3 * (dtype == lossless["system_dtype"]))  # system's dtype 2 ablations, system
+    for dtype, e in lossless["exactness"].items():  # 3 test prompts: generate's prompt lookup, 4 drafters, 2 ablations and
+        assert e["n_generations"] == 3 * (8 if dtype == lossless["system_dtype"] else 3)  # the system; else lookup, none
     assert lossless["exactness"]["bfloat16"]["all_divergences_below_bound"]
     assert lossless["n_calibration_prompts"] == lossless["n_test_prompts"] == 3
     assert set(lossless["decoders"]["float32"]) == {"generate", "generate_prompt_lookup", "none", "routed_skip", "clasp",
                                                     "prompt_lookup", "routed_skip_fixed_threshold",
-                                                    "routed_skip_no_shared_prefix", "system"} - (
-        set() if lossless["system_dtype"] == "float32" else {"routed_skip_fixed_threshold", "routed_skip_no_shared_prefix",
-                                                              "system"})
-    assert "cost_model" in lossless["decoders"]["bfloat16"]["clasp"]
+                                                    "routed_skip_no_shared_prefix", "system"}  # lossless.dtype float32
+    assert set(lossless["decoders"]["bfloat16"]) == {"generate", "generate_prompt_lookup", "none", "prompt_lookup"}
+    assert "cost_model" in lossless["decoders"]["float32"]["clasp"]
     assert set(json.loads((root / "data/drafters.json").read_text())) == set(CATEGORIES)
     assert (root / "reports/lossless.png").is_file()
     assert list(lossless["verify_ms_by_tokens"]["float32"]) == [str(n) for n in range(1, lossless["gamma"] + 2)]

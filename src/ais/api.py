@@ -105,25 +105,28 @@ def route(system: System, prompt: str) -> dict:
     """Where a prompt goes: category, nearest map entries with similarities, and its skip plan.
     The learned router does not search the map; here it is searched only to show the neighbours."""
     model, decoder = system.model, system.decoder
-    batch = encode_prompts(system.tokenizer, [check_prompt(prompt)], model.device, context_length(model))
-    vector = router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy()
-    r = decoder.route_embeddings(vector)[0]
+    r = decoder.route_prompts(system.tokenizer, [check_prompt(prompt)])[0]
     neighbours, similarities = r.neighbours, r.similarities
     if not neighbours:
-        sims, idx = system.topo.search(vector, decoder.k)
+        batch = encode_prompts(system.tokenizer, [prompt], model.device, context_length(model))
+        sims, idx = system.topo.search(router_embedding(model, batch, decoder.pivot, decoder.pooling).cpu().numpy(),
+                                       decoder.k)
         neighbours, similarities = idx[0].tolist(), [round(float(v), 4) for v in sims[0]]
-    return {"category": r.category, "router": decoder.router, "neighbours": neighbours,
+    return {"category": r.category, "router": decoder.router, "plan_kind": decoder.settings.plan, "neighbours": neighbours,
             "neighbour_categories": [system.topo.categories[int(system.topo.labels[i])] for i in neighbours],
             "similarities": similarities, "plan": r.plan.describe(), "skipped_layers": r.plan.layers}
 
 
-def generate(system: System, prompt: str, mode: str | None = None, max_new_tokens: int = 64) -> Generation:
+def generate(system: System, prompt: str, mode: str | None = None, max_new_tokens: int = 64,
+             plan: str | None = None) -> Generation:
     """Greedy reply under `mode` (default: params.yaml `skip.mode`): full (no skip), hard / soft
     (the routed plan), lossless (speculative decoding with the category's drafter, verified by the
     full model in `lossless.dtype`; identical tokens to full at that dtype), dynamic (the prompt's
     prefill runs every layer, then each token exits by `dynamic.threshold`; `skipped_layers` is then
     the mean number of layers a generated token skipped). The router's layers run once: they are the
-    first layers of the prefill."""
+    first layers of the prefill. `plan` (default `skip.plan`) says whose layer scores choose a hard or
+    soft plan's layers: global, category, neighbours or prompt (the prompt's own, from a prefill
+    through every layer; its plan applies to the generated tokens)."""
     mode = mode or system.decoder.settings.mode
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
@@ -145,7 +148,8 @@ def generate(system: System, prompt: str, mode: str | None = None, max_new_token
         skipped = round(model.config.num_hidden_layers - depth, 2)
     else:
         batch = encode_prompts(tok, [prompt], model.device, context_length(model) - max_new_tokens)
-        ids, routes = system.decoder.generate(batch, max_new_tokens, tok.eos_token_id, mode=mode)
+        decoder = system.decoder if plan is None else system.decoder.with_plan(plan)
+        ids, routes = decoder.generate(batch, max_new_tokens, tok.eos_token_id, mode=mode)
         route_, new, drafter, mean_accepted, dtype = routes[0], ids[0].tolist(), None, None, model.dtype
         plan_text, skipped = route_.plan.describe(), route_.plan.layers
     synchronize(model.device)

@@ -76,7 +76,7 @@ def cmd_route(args) -> dict:
 def cmd_generate(args) -> dict:
     from ais.api import generate
 
-    result = generate(_load(args), _read_prompt(args), args.mode, args.max_new_tokens)
+    result = generate(_load(args), _read_prompt(args), args.mode, args.max_new_tokens, args.plan)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.__dict__.items()}
 
 
@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--mode", default=None, choices=("full", "hard", "soft", "lossless", "dynamic"),
                            help="full: no skip; hard/soft: the routed plan; lossless: speculative, identical to "
                                 "full; dynamic: per-token depth (default: skip.mode in params.yaml)")
+            s.add_argument("--plan", default=None, choices=("global", "category", "neighbours", "prompt"),
+                           help="whose layer scores choose a hard or soft plan's layers (default: skip.plan)")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
     return p

@@ -76,11 +76,22 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def saturation_depth(model, states: list[torch.Tensor], positions: list[int]) -> np.ndarray:
     """Per position, the smallest number of layers d (1..L) after which the logit lens gives the
-    final top-1 at d and at every later layer. `states` are the L + 1 recorded hidden states."""
+    final top-1 at d and at every later layer. `states` are the L + 1 recorded hidden states. The
+    lens runs from the last layer down and stops at each position's first disagreement (the vocabulary
+    projection at every layer is most of this measurement's cost)."""
     n_layers = len(states) - 1
-    lens = torch.stack([_logits(model, states[d][0, positions]).argmax(-1) for d in range(1, n_layers + 1)])  # L x positions
-    agrees = (lens == lens[-1]).flip(0).int().cumprod(0).flip(0)  # 1 where this and every later layer agree
-    return (n_layers - agrees.sum(0) + 1).cpu().numpy()
+    final = _logits(model, states[n_layers][0, positions]).argmax(-1)
+    depth = torch.ones(len(positions), dtype=torch.long, device=final.device)  # agrees all the way down: 1
+    open_ = torch.ones(len(positions), dtype=torch.bool, device=final.device)
+    for d in range(n_layers - 1, 0, -1):
+        rows = torch.nonzero(open_).flatten()
+        if not len(rows):
+            break
+        agrees = _logits(model, states[d][0, [positions[i] for i in rows.tolist()]]).argmax(-1) == final[rows]
+        closed = rows[~agrees]
+        depth[closed] = d + 1
+        open_[closed] = False
+    return depth.cpu().numpy()
 
 
 @torch.inference_mode()

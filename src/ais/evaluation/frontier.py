@@ -18,6 +18,8 @@ requests (prefill, routing, gate all inside the clock) at batch 1 and 4, against
 greedy loop on the same prompts, interleaved."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -31,11 +33,15 @@ from ais.evaluation.importance import layer_groups
 from ais.evaluation.quality import compare_logprobs, decode_logprobs, make_reference
 from ais.evaluation.statistics import mean_interval, paired_difference
 from ais.evaluation.timing import speedup, summary, time_interleaved
-from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan
+from ais.model.forward import layer_kwargs
+from ais.model.gating import NO_SKIP, SkipPlan, decoder_layers, group_by_plan
 from ais.model.prompts import context_length, encode_prompts
-from ais.routing.plans import make_plan, random_layers
+from ais.routing.plans import layers_from_scores, make_plan, random_layers
 
 ROUTED, DYNAMIC, CALM, FLOOR = "routed", "dynamic", "dynamic_calm", "stepwise_full"
+NEIGHBOURS, PROMPT, CATEGORY_SCORES, PROMPT_ORACLE = "neighbours", "prompt", "category_scores", "prompt_oracle"
+# the adaptivity ladder, least to most input-dependent (the per-prompt oracle is its ceiling)
+LADDER = ("global", ROUTED, NEIGHBOURS, PROMPT, DYNAMIC)
 COMPARED = ("global", ROUTED)  # each level's paired difference is reported against these, at the same count
 
 
@@ -52,17 +58,34 @@ def original_plans(n_layers: int, group_kl: np.ndarray, categories: list[str]) -
     return {"original_fixed_half": {c: fixed for c in categories}, "original_best_group": best}
 
 
-def plans_for_count(decoder: RoutedDecoder, truth: list[str], routed: list[str], n: int,
+def category_scores_plan(decoder: RoutedDecoder, category: str, fraction: float) -> SkipPlan:
+    """The control between category and neighbours: the mean of the category's map entries' own layer
+    scores (the measure the neighbours and prompt plans use, the category label of the category plan)."""
+    scores = decoder.topo.neighbour_scores(np.flatnonzero(decoder.topo.labels == decoder.topo.categories.index(category)))
+    return make_plan(layers_from_scores(scores, decoder.pivot, decoder.settings, fraction), decoder.settings.mode,
+                     decoder.settings.alpha)
+
+
+def plans_for_count(decoder: RoutedDecoder, truth: list[str], routes: list, n: int,
                     rng: np.random.Generator) -> dict[tuple[str, int], list[SkipPlan]]:
-    """Every static method's plan per prompt at `n` skipped layers."""
+    """Every static method's plan per prompt at `n` skipped layers; `routes` carry each prompt's
+    routed category, nearest map entries and own layer scores."""
     settings, n_layers = decoder.settings, decoder.model.config.num_hidden_layers
     mode, alpha, fraction = settings.mode, settings.alpha, n / n_layers
-    return {
-        (ROUTED, n): [decoder.plan_for(c, fraction) for c in routed],
+    plans = {
+        (ROUTED, n): [decoder.plan_for(r.category, fraction) for r in routes],
         ("oracle", n): [decoder.plan_for(c, fraction) for c in truth],
         ("global", n): [make_plan(decoder.global_layers(n), mode, alpha)] * len(truth),
         ("random", n): [make_plan(random_layers(n_layers, decoder.pivot, n, rng), mode, alpha) for _ in truth],
     }
+    if decoder.topo.prompt_scores is not None:
+        plans[(NEIGHBOURS, n)] = [decoder.plan_of(r.category, r.neighbours, fraction=fraction, kind="neighbours")
+                                  for r in routes]
+        plans[(CATEGORY_SCORES, n)] = [category_scores_plan(decoder, r.category, fraction) for r in routes]
+    if all(r.scores is not None for r in routes):
+        plans[(PROMPT, n)] = [decoder.plan_of(r.category, scores=r.scores, fraction=fraction, kind="prompt")
+                              for r in routes]
+    return plans
 
 
 def extra_plans_for(decoder: RoutedDecoder, routed: list[str],
@@ -123,6 +146,64 @@ def calibrate_gates(model, tokenizer, prompts: list[str], counts: list[int], n_c
     return gates
 
 
+@torch.inference_mode()
+def _with_row_skips(model, ref_row, cache, skip: torch.Tensor, mode: str, alpha: float) -> torch.Tensor:
+    """Log-probabilities (R x columns-1 x vocab) of one reference row's continuation after its filled
+    prompt cache, once per row of `skip` (R x L, bool: that candidate's plan). A skipped layer's output
+    is its input (hard) or the blend (soft); the layer's keys and values for a hard-skipped position are
+    written but never read, since every later position of that candidate skips the layer too."""
+    start, stop = ref_row.columns.start, ref_row.columns.stop
+    rows = skip.shape[0]
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(rows)
+    tokens = ref_row.batch["input_ids"][:, start + 1:stop].expand(rows, -1)
+    hidden = model.model.embed_tokens(tokens)
+    ctx = layer_kwargs(model, hidden, cache, ref_row.batch["attention_mask"][:, :stop].expand(rows, -1))
+    for i, layer in enumerate(decoder_layers(model)):
+        out = layer(hidden, **ctx)
+        skipped = hidden if mode == "hard" else alpha * out + (1 - alpha) * hidden
+        hidden = torch.where(skip[:, i, None, None], skipped, out)
+    return torch.log_softmax(model.lm_head(model.model.norm(hidden)).float(), -1)
+
+
+@torch.inference_mode()
+def prompt_oracle_plans(model, ref, full: torch.Tensor, allowed: list[int], counts, mode: str = "hard",
+                        alpha: float = 0.7) -> dict[int, list[SkipPlan]]:
+    """The ceiling of any input-dependent plan: per prompt, the plan found by a greedy search on its own
+    reference continuation (decode-time, as scored): remove, one at a time, the allowed layer whose
+    removal (with those removed before) keeps the most top-1 agreement with the full model (ties: the
+    least KL). In-sample by design. {n: one plan per row} for each n in `counts`."""
+    counts = sorted(n for n in counts if n > 0)
+    out = {n: [] for n in counts}
+    if not counts:
+        return out
+    n_layers = len(decoder_layers(model))
+    for r in range(ref.batch["input_ids"].shape[0]):
+        row = ref.rows([r])
+        start, stop = row.columns.start, row.columns.stop
+        cache = DynamicCache(config=model.config)
+        model(**{k: v[:, :start + 1] for k, v in row.batch.items()}, past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        target, weights = full[r, 1:], row.scored[0, 1:]
+        removed: list[int] = []
+        for step in range(1, counts[-1] + 1):
+            candidates = [layer for layer in allowed if layer not in removed]
+            if stop - start <= 1 or not weights.sum():  # nothing decoded to tell plans apart
+                removed.append(candidates[0])
+            else:
+                skip = torch.zeros(len(candidates), n_layers, dtype=torch.bool, device=full.device)
+                skip[:, removed] = True
+                skip[torch.arange(len(candidates)), candidates] = True
+                scores = compare_logprobs(target.expand(len(candidates), -1, -1),
+                                          _with_row_skips(model, row, cache, skip, mode, alpha),
+                                          weights.expand(len(candidates), -1))
+                best = min(range(len(candidates)), key=lambda j: (-float(scores["top1"][j]), float(scores["kl"][j])))
+                removed.append(candidates[best])
+            if step in out:
+                out[step].append(make_plan(sorted(removed), mode, alpha))
+    return out
+
+
 def _score_static(model, ref, full: torch.Tensor, plans: list[SkipPlan]) -> dict[str, np.ndarray]:
     """Per-row KL / top-1 / top-5 of decode-time plans (rows sharing a plan in one forward)."""
     out = {k: np.zeros(len(plans)) for k in ("kl", "top1", "top5")}
@@ -148,33 +229,46 @@ def _score_dynamic(model, ref, full: torch.Tensor, gate: DepthGate) -> tuple[dic
 
 def measure_quality(decoder: RoutedDecoder, tokenizer, prompts_by_split: dict[str, dict[str, list[str]]],
                     counts: list[int], n_continuation: int, seed: int, extra: dict[str, dict[str, list[int]]],
-                    gates: dict[str, dict[int, DepthGate]], progress: bool = True) -> list[dict]:
+                    gates: dict[str, dict[int, DepthGate]], oracle_counts: list[int] = (), oracle_per_category: int = 1,
+                    batch_size: int = 18, progress: bool = True) -> list[dict]:
     """Per-prompt rows {split, category, prompt, method, n_skipped, layers_skipped, top1, top5, kl}:
-    `n_skipped` is the point's nominal count, `layers_skipped` what the prompt's decoded tokens skipped."""
+    `n_skipped` is the point's nominal count, `layers_skipped` what the prompt's decoded tokens skipped.
+    Each split's prompts are scored `batch_size` at a time, categories mixed (rows sharing a plan run
+    as one sub-batch; the per-token gate runs on the whole batch). The per-prompt oracle searches the
+    first `oracle_per_category` prompts of each category only."""
     model = decoder.model
     rng = np.random.default_rng(seed)
     rows = []
     for split, by_category in prompts_by_split.items():
-        for category in tqdm(sorted(by_category), desc=f"frontier {split}", unit="category", disable=not progress):
-            prompts = by_category[category]
-            routed = [r.category for r in decoder.route_prompts(tokenizer, prompts, mode="full")]
+        items = [(c, i, p) for c in sorted(by_category) for i, p in enumerate(by_category[c])]
+        chunks = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
+        for chunk in tqdm(chunks, desc=f"frontier {split}", unit="batch", disable=not progress):
+            prompts, truth = [p for *_, p in chunk], [c for c, *_ in chunk]
+            routes = decoder.route_prompts(tokenizer, prompts, mode=decoder.settings.mode, kind="prompt")  # + own scores
             ref = make_reference(model, tokenizer, prompts, n_continuation)
             full = decode_logprobs(model, ref, NO_SKIP)  # the reference, computed by the same protocol
-            points = {}
-            for (method, n), plans in extra_plans_for(decoder, routed, extra).items():
-                points[(method, n)] = (_score_static(model, ref, full, plans), [len(p.hard) for p in plans])
+            plans = dict(extra_plans_for(decoder, [r.category for r in routes], extra))
             for n in counts:
-                for (method, m), plans in plans_for_count(decoder, [category] * len(prompts), routed, n, rng).items():
-                    points[(method, m)] = (_score_static(model, ref, full, plans), [len(p.hard) for p in plans])
-            points[(FLOOR, 0)] = _score_dynamic(model, ref, full, NEVER)
+                plans.update(plans_for_count(decoder, truth, routes, n, rng))
+            everyone = list(range(len(chunk)))
+            points = {key: (_score_static(model, ref, full, p), [len(plan.layers) for plan in p], everyone)
+                      for key, p in plans.items()}
+            searched = [j for j, (_, i, _) in enumerate(chunk) if i < oracle_per_category]  # the ceiling's search is dear
+            if searched and oracle_counts:
+                sub, sub_full = ref.rows(searched), full[searched]
+                for n, found in prompt_oracle_plans(model, sub, sub_full, decoder.skippable_layers(), oracle_counts,
+                                                    decoder.settings.mode, decoder.settings.alpha).items():
+                    points[(PROMPT_ORACLE, n)] = (_score_static(model, sub, sub_full, found), [n] * len(found), searched)
+            points[(FLOOR, 0)] = (*_score_dynamic(model, ref, full, NEVER), everyone)
             for method, by_count in gates.items():
                 for n, gate in by_count.items():
-                    points[(method, n)] = _score_dynamic(model, ref, full, gate)
-            for (method, n), (scores, skipped) in points.items():
-                for i in range(len(prompts)):
+                    points[(method, n)] = (*_score_dynamic(model, ref, full, gate), everyone)
+            for (method, n), (scores, skipped, members) in points.items():
+                for at, j in enumerate(members):
+                    category, i, _ = chunk[j]
                     rows.append({"split": split, "category": category, "prompt": i, "method": method, "n_skipped": n,
-                                 "layers_skipped": round(float(skipped[i]), 4),
-                                 **{k: round(float(v[i]), 6) for k, v in scores.items()}})
+                                 "layers_skipped": round(float(skipped[at]), 4),
+                                 **{k: round(float(v[at]), 6) for k, v in scores.items()}})
     return rows
 
 
@@ -186,15 +280,16 @@ def request_calls(decoder: RoutedDecoder, counts: list[int], gates: dict[int, De
                   new_tokens: int) -> dict[tuple[str, int], callable]:
     """{(method, n): a function generating `new_tokens` greedy tokens (no early stop) for a batch} for
     every timed point: the prefill runs every layer; routing (from the prefill's first layers), the
-    plan lookup and the gate happen inside the call."""
+    map lookup, the prompt's own layer scores (recorded during its prefill) and the gate happen
+    inside the call."""
     model, n_layers = decoder.model, decoder.model.config.num_hidden_layers
 
-    def routed(n):
+    def adaptive(kind, n):
         def call(batch):
             cache = DynamicCache(config=model.config)
-            logits, routes = decoder.route_and_prefill(batch, cache)
-            plans = [decoder.plan_for(r.category, n / n_layers) for r in routes]
-            return continue_with_plans(model, logits.argmax(-1), batch["attention_mask"], cache, plans, new_tokens)
+            logits, routes = decoder.route_and_prefill(batch, cache, decoder.settings.mode, kind, n / n_layers)
+            return continue_with_plans(model, logits.argmax(-1), batch["attention_mask"], cache,
+                                       [r.plan for r in routes], new_tokens)
         return call
 
     calls = {("full", 0): lambda batch: plain_generate(model, batch, new_tokens)}
@@ -204,7 +299,10 @@ def request_calls(decoder: RoutedDecoder, counts: list[int], gates: dict[int, De
         plan = make_plan(decoder.global_layers(n), decoder.settings.mode, decoder.settings.alpha)
         calls[("global", n)] = lambda batch, p=plan: generate_after_full_prefill(
             model, batch, new_tokens, [p] * batch["input_ids"].shape[0])
-        calls[(ROUTED, n)] = routed(n)
+        calls[(ROUTED, n)] = adaptive("category", n)
+        if decoder.topo.prompt_scores is not None:
+            calls[(NEIGHBOURS, n)] = adaptive("neighbours", n)
+        calls[(PROMPT, n)] = adaptive("prompt", n)
         if n in gates:
             calls[(DYNAMIC, n)] = lambda batch, g=gates[n]: dynamic_generate(model, batch, new_tokens, g)
     return calls
@@ -267,4 +365,32 @@ def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: i
                             f"b{size}_speedup_q3": round(timed["speedup_q3"], 4)})
         row["ideal_decode_speedup"] = round(n_layers / (n_layers - skipped), 4) if mode == "hard" or row["mode"] == "per-token" else 1.0
         out.append(row)
+    return out
+
+
+# each adjacent pair of the ladder (more adaptive first), its ceiling, and the control that separates
+# the category label from the measure the finer levels use
+LADDER_PAIRS = ((ROUTED, "global"), (NEIGHBOURS, ROUTED), (PROMPT, NEIGHBOURS), (DYNAMIC, PROMPT),
+                (PROMPT_ORACLE, PROMPT), (NEIGHBOURS, CATEGORY_SCORES), (CATEGORY_SCORES, ROUTED))
+
+
+def ladder_gaps(rows: list[dict], seed: int) -> list[dict]:
+    """Per split and count, the paired top-1 (and KL) difference between each pair of `LADDER_PAIRS`
+    measured on the same prompts, with its 95% interval."""
+    index = {(r["split"], r["method"], r["n_skipped"], r["category"], r["prompt"]): r for r in rows}
+    out = []
+    for split in sorted({r["split"] for r in rows}):
+        for n in sorted({r["n_skipped"] for r in rows if r["n_skipped"] > 0}):
+            for higher, lower in LADDER_PAIRS:
+                keys = [(r["category"], r["prompt"]) for r in rows
+                        if (r["split"], r["method"], r["n_skipped"]) == (split, higher, n)]
+                pairs = [(index[(split, higher, n, *k)], index.get((split, lower, n, *k))) for k in keys]
+                if not pairs or any(b is None for _, b in pairs):
+                    continue
+                row = {"split": split, "n_skipped": n, "higher": higher, "lower": lower, "n_prompts": len(pairs)}
+                for metric in ("top1", "kl"):
+                    diff = paired_difference([a[metric] for a, _ in pairs], [b[metric] for _, b in pairs], seed)
+                    row.update({f"{metric}_difference{k[len(metric):]}": round(v, 4)
+                                for k, v in diff.as_dict(metric).items() if not k.endswith("_n")})
+                out.append(row)
     return out

@@ -18,8 +18,8 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
-from ais.evaluation.quality import Reference, block_influence, compare, make_reference
-from ais.model.forward import layer_context, run_layers
+from ais.evaluation.quality import Reference, compare, make_reference
+from ais.model.forward import block_influence, layer_context, run_layers
 from ais.model.gating import SkipPlan, skipping
 
 METHODS = ("single", "group", "block_influence", "greedy")
@@ -187,19 +187,4 @@ def _nanmean_keep(values: np.ndarray) -> np.ndarray:
     measured = np.isfinite(values).any(0)
     out = np.full(values.shape[1], np.nan)
     out[measured] = np.nanmean(values[:, measured], 0)
-    return out
-
-
-def minmax_per_category(raw: np.ndarray, protected=(0,)) -> np.ndarray:
-    """Min-max per category (row) over the measured layers, to [0, 1]; protected layers and layers
-    not measured (NaN: layer 0, layers below the pivot for the greedy search) are set to 1."""
-    raw = np.atleast_2d(raw)
-    out = np.ones_like(raw, dtype=np.float64)
-    for c in range(raw.shape[0]):
-        row = raw[c].astype(np.float64)
-        measured = [i for i in range(len(row)) if i not in protected and np.isfinite(row[i])]
-        if not measured:
-            raise ValueError(f"row {c} of the importance has no measured layer")
-        lo, hi = row[measured].min(), row[measured].max()
-        out[c, measured] = (row[measured] - lo) / (hi - lo) if hi > lo else 0.0
     return out

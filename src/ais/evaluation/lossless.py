@@ -119,11 +119,16 @@ def route_seconds(decoder, tokenizer, prompt: str):
     return route, time.perf_counter() - start
 
 
+OTHER_DTYPE = ("none", "prompt_lookup")  # beside the baselines in the dtype the system does not run in
+
+
 def variants(dtypes: list[str], system_dtype: str) -> list[tuple[str, str]]:
-    """(dtype, decoder) pairs measured on every test prompt: the baselines and the loop's drafters in
-    each dtype; the chosen-drafter system and the routed drafter's ablations in the system's dtype."""
-    out = [(d, name) for d in dtypes for name in BASELINES + DRAFTERS]
-    return out + [(system_dtype, name) for name in (SYSTEM, *ABLATIONS)]
+    """(dtype, decoder) pairs measured on every test prompt: in the system's dtype the baselines, every
+    drafter, the chosen-drafter system and the routed drafter's ablations; in the other dtype the
+    baselines and the loop without a draft and with prompt lookup (the layer-skip drafters' exactness
+    in both dtypes is the tests' job)."""
+    out = [(system_dtype, name) for name in BASELINES + DRAFTERS + (SYSTEM, *ABLATIONS)]
+    return out + [(d, name) for d in dtypes if d != system_dtype for name in BASELINES + OTHER_DTYPE]
 
 
 def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: str, settings: dict,
@@ -232,6 +237,9 @@ def summarise(rows: list[dict], dtype: str, name: str, seed: int) -> dict:
     out["vs_generate_same_dtype"] = speedup_against(rows, mine, dtype, "generate", seed)
     out["identical_to_generate"] = round(float(np.mean([r["identical"] for r in mine])), 4)
     if name not in BASELINES:
+        rates = [r["accepted"] / r["drafted"] for r in mine if r["drafted"]]
+        if len(rates) > 1:
+            out.update({k: round(v, 4) for k, v in mean_interval(rates, seed).as_dict("per_prompt_acceptance").items()})
         out.update(acceptance_rate=round(sum(r["accepted"] for r in mine) / drafted, 4) if drafted else 0.0,
                    mean_accepted=round(sum(r["accepted"] for r in mine) / steps, 4) if steps else 0.0,
                    drafted_per_step=round(drafted / steps, 4) if steps else 0.0,

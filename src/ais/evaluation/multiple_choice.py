@@ -241,49 +241,54 @@ def score_packed(model, packed: Packed, device) -> list[tuple[float, bool]]:
 # ---------------------------------------------------------------- the skip conditions
 
 class RouteCache:
-    """The routed category of each distinct context, routed once (batched, chat-formatted as the
-    map's prompts were) and shared by every condition that needs it."""
+    """The route of each distinct context (category, nearest map entries, and for the prompt plan its
+    own layer scores), routed once (batched, chat-formatted as the map's prompts were) and shared by
+    every condition that needs it."""
 
     def __init__(self, decoder, tokenizer):
         self.decoder, self.tokenizer = decoder, tokenizer
+        self.route: dict[str, object] = {}
         self.category: dict[str, str] = {}
 
-    def categories(self, contexts: list[str]) -> list[str]:
-        missing = [c for c in dict.fromkeys(contexts) if c not in self.category]
+    def routes(self, contexts: list[str]) -> list:
+        missing = [c for c in dict.fromkeys(contexts) if c not in self.route]
         if missing:
-            routes = self.decoder.route_prompts(self.tokenizer, missing, mode="full")
+            routes = self.decoder.route_prompts(self.tokenizer, missing, mode=self.decoder.settings.mode)
+            self.route.update(zip(missing, routes))
             self.category.update(zip(missing, (r.category for r in routes)))
-        return [self.category[c] for c in contexts]
+        return [self.route[c] for c in contexts]
+
+    def categories(self, contexts: list[str]) -> list[str]:
+        return [r.category for r in self.routes(contexts)]
 
 
 def skip_conditions(decoder, tokenizer, seed: int,
                     other_mode: bool = False) -> tuple[dict[str, PlanChooser], RouteCache]:
     """The plan choosers of the conditions validate also compares, all in `skip.mode`:
-    full (no skip); routed (the context's routed category's plan); global (one plan for every
-    context, from the pooled importance, as many layers as the routed plan); random (as many layers
-    drawn at random from the range a routed plan may use, one draw per context, seeded);
-    routed_<other mode> (the routed layers in the other mode) only with `other_mode`."""
+    full (no skip); routed (the context's plan of kind `skip.plan`: its routed category's by default,
+    its nearest map entries' or its own layer scores); global (one plan for every context, from the
+    pooled importance, as many layers as the routed plan); random (as many layers drawn at random
+    from the range a routed plan may use, one draw per context, seeded); routed_<other mode> (the
+    routed layers in the other mode) only with `other_mode`. Every plan skips the context too."""
     settings, routes = decoder.settings, RouteCache(decoder, tokenizer)
     mode, other, alpha = settings.mode, OTHER_MODE[settings.mode], settings.alpha
     n_layers = decoder.model.config.num_hidden_layers
     rng = np.random.default_rng(seed)
     drawn: dict[str, SkipPlan] = {}
 
-    def routed(contexts):
-        return [decoder.plan_for(c, mode=mode) for c in routes.categories(contexts)]
+    def routed(contexts, in_mode=mode):
+        return [decoder.plan_of(r.category, r.neighbours, r.scores, mode=in_mode) for r in routes.routes(contexts)]
 
     def routed_other(contexts):
-        return [decoder.plan_for(c, mode=other) for c in routes.categories(contexts)]
+        return routed(contexts, other)
 
     def global_(contexts):
-        return [make_plan(decoder.global_layers(len(decoder.layers_for(c))), mode, alpha)
-                for c in routes.categories(contexts)]
+        return [make_plan(decoder.global_layers(len(p.layers)), mode, alpha) for p in routed(contexts)]
 
     def random_(contexts):
-        for context, category in zip(contexts, routes.categories(contexts)):
+        for context, plan in zip(contexts, routed(contexts)):
             if context not in drawn:
-                layers = random_layers(n_layers, decoder.pivot, len(decoder.layers_for(category)), rng)
-                drawn[context] = make_plan(layers, mode, alpha)
+                drawn[context] = make_plan(random_layers(n_layers, decoder.pivot, len(plan.layers), rng), mode, alpha)
         return [drawn[c] for c in contexts]
 
     conditions = {"full": no_skip, "routed": routed, "global": global_, "random": random_}

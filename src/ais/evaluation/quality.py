@@ -104,25 +104,3 @@ def compare_logprobs(full: torch.Tensor, logprobs: torch.Tensor, scored: torch.T
     overlap = (top5_full.unsqueeze(-1) == top5_skip.unsqueeze(-2)).any(-1).float().mean(-1)
     weights = scored / scored.sum(1, keepdim=True)
     return {"kl": (kl * weights).sum(1), "top1": (top1 * weights).sum(1), "top5": (overlap * weights).sum(1)}
-
-
-@torch.inference_mode()
-def block_influence(model, batch: dict) -> torch.Tensor:
-    """ShortGPT's Block Influence per prompt and layer (B x n_layers): 1 - cos(layer input, layer
-    output), averaged over each row's real tokens; a training-free prior (higher = the layer changes more)."""
-    mask = batch["attention_mask"].float()
-    values: dict[int, torch.Tensor] = {}
-
-    def hook(idx):
-        def record(module, args, output):
-            change = 1 - torch.nn.functional.cosine_similarity(args[0].float(), output.float(), dim=-1)
-            values[idx] = (change * mask).sum(1) / mask.sum(1)
-        return record
-
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.model.layers)]
-    try:
-        model.model(**batch, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack([values[i] for i in range(len(values))], 1)

@@ -32,7 +32,7 @@ def prefill_benchmark(decoder: RoutedDecoder, tokenizer, prompts: list[str], bat
             "full": lambda: next_token_logits(model, batch),
             "routed": lambda: decoder.next_token_logits(batch),
             "static_plan": lambda: next_token_logits(model, batch, plan),
-            "router_only": lambda: decoder.prefix(batch),
+            "router_only": lambda: decoder.route_embeddings(decoder.prefix(batch)[2]),
         }, model.device, warmup, repeats)
         stats = {name: summary(t) for name, t in times.items()}
         skipped = skipped_fraction(routes, model.config.num_hidden_layers)

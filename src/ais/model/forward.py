@@ -3,6 +3,8 @@ each layer, and a slice of the layers. The routed decoder continues from the rou
 speculative verify from the draft's, and the importance search from an ablated layer."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers.masking_utils import create_causal_mask
 
@@ -32,3 +34,37 @@ def run_layers(model, hidden, ctx, start: int, stop: int):
     for layer in decoder_layers(model)[start:stop]:
         hidden = layer(hidden, **ctx)
     return hidden
+
+
+@contextmanager
+def recording_influence(model, attention_mask: torch.Tensor):
+    """While a forward runs, ShortGPT's Block Influence of every decoder layer per row: 1 - cos(layer
+    input, layer output), averaged over the row's real tokens (`attention_mask`). Yields a dict
+    layer -> tensor (B), filled as the layers run (a layer that did not run is absent)."""
+    mask = attention_mask
+    values: dict[int, torch.Tensor] = {}
+
+    def hook(idx):
+        def record(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            precision = torch.promote_types(out.dtype, torch.float32)
+            change = 1 - torch.nn.functional.cosine_similarity(args[0].to(precision), out.to(precision), dim=-1)
+            weights = mask.to(change.dtype)
+            values[idx] = (change * weights).sum(1) / weights.sum(1)
+        return record
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(decoder_layers(model))]
+    try:
+        yield values
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.inference_mode()
+def block_influence(model, batch: dict) -> torch.Tensor:
+    """Block Influence per prompt and layer (B x n_layers) from one full forward: a training-free prior
+    (higher = the layer changes its input more)."""
+    with recording_influence(model, batch["attention_mask"]) as values:
+        model.model(**batch, use_cache=False)
+    return torch.stack([values[i] for i in range(len(values))], 1)

@@ -6,6 +6,7 @@ import random
 import time
 
 import numpy as np
+from scipy.stats import spearmanr
 from sklearn.metrics import silhouette_score
 
 from ais.routing.topomap import TopoMap, centroid_recall, knn_homogeneity
@@ -90,3 +91,16 @@ def pivot_sweep(layers: np.ndarray, sample: list[dict], held: list[dict], k: int
                 row[f"knn_accuracy_{split}"] = round(float((pred == labels[n_map:][mask]).mean()), 4)
         table.append(row)
     return table
+
+
+def score_agreement(topo: TopoMap, single_kl: np.ndarray, pivot: int) -> dict:
+    """Does a prompt's block influence track the single-layer KL the category plans use? Per category,
+    the Spearman rank correlation over the layers past the pivot between the mean block influence of
+    its map entries and its single-layer KL (the importance stage's), and the mean over categories."""
+    layers = list(range(max(1, pivot), single_kl.shape[1]))
+    out = {}
+    for c, name in enumerate(topo.categories):
+        influence = topo.prompt_scores[topo.labels == c].mean(0)
+        out[name] = round(float(spearmanr(influence[layers], single_kl[c, layers]).statistic), 4)
+    return {"per_category": out, "mean": round(float(np.mean(list(out.values()))), 4),
+            "layers": f"{layers[0]}..{layers[-1]}"}

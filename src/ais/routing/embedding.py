@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ais.model.forward import recording_influence
 from ais.model.gating import decoder_layers
 from ais.model.prompts import context_length, encode_prompts
 
@@ -81,6 +82,37 @@ def embed_prompts(model, tokenizer, prompts: list[str], pivot: int, pooling: str
             out[idx] = router_embedding(model, batch, pivot, pooling).cpu().numpy()
             bar.update(len(idx))
     return out
+
+
+@torch.inference_mode()
+def embed_and_score(model, tokenizer, prompts: list[str], pivot: int, pooling: str = "last", batch_size: int = 16,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Router embeddings (N x hidden) and each prompt's own layer scores (N x n_layers: block
+    influence, 1 - cos(layer input, output), averaged over its tokens) from one full forward per
+    batch of similar-length prompts; the embedding is the state after layer `pivot - 1`, as the
+    router computes it. Rows come back in the order of `prompts`."""
+    layers = decoder_layers(model)
+    check_pivot(pivot, len(layers))
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    vectors = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float32)
+    scores = np.zeros((len(prompts), len(layers)), dtype=np.float32)
+    captured = {}
+    handle = layers[pivot - 1].register_forward_hook(
+        lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output))
+    try:
+        with tqdm(total=len(prompts), desc=f"router embeddings (pivot {pivot}) and layer scores", unit="prompt",
+                  disable=not progress, mininterval=2.0) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
+                with recording_influence(model, batch["attention_mask"]) as influence:
+                    model.model(**batch, use_cache=False)
+                vectors[idx] = pool(captured["hidden"], batch["attention_mask"], pooling).float().cpu().numpy()
+                scores[idx] = torch.stack([influence[i] for i in range(len(layers))], 1).cpu().numpy()
+                bar.update(len(idx))
+    finally:
+        handle.remove()
+    return vectors, scores
 
 
 def resolve_pivot(value, n_layers: int) -> int:

@@ -51,6 +51,7 @@ class TopoMap:
     importance: np.ndarray | None = None   # C x n_layers, normalised to [0, 1] (1 = critical)
     router: dict = field(default_factory=dict)  # learned router: coef (C x H), intercept (C)
     global_importance: np.ndarray | None = None  # n_layers: the same measure over all categories pooled
+    prompt_scores: np.ndarray | None = None      # N x n_layers: each entry's own block influence per layer
 
     def __post_init__(self):
         self.embeddings = unit_rows(self.embeddings)
@@ -60,6 +61,10 @@ class TopoMap:
         if self.identity.get("hidden_size") not in (None, self.embeddings.shape[1]):
             raise MapError(f"embeddings have width {self.embeddings.shape[1]}, "
                            f"the model's hidden size is {self.identity['hidden_size']}")
+        if self.prompt_scores is not None:
+            self.prompt_scores = np.asarray(self.prompt_scores, dtype=np.float32)
+            if len(self.prompt_scores) != len(self.labels):
+                raise MapError(f"{len(self.prompt_scores)} rows of layer scores for {len(self.labels)} entries")
         self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
         self.index.add(self.embeddings)
 
@@ -102,6 +107,13 @@ class TopoMap:
             return self.predict_learned(vectors)
         raise MapError(f"router.kind={router!r} must be 'knn' or 'learned'")
 
+    def neighbour_scores(self, idx) -> np.ndarray:
+        """The mean of some entries' own layer scores (the neighbours plan's scores)."""
+        if self.prompt_scores is None:
+            raise MapError("this map holds no per-entry layer scores, which the neighbours plan needs; rebuild it with "
+                           "`dvc exp run -S map.prompt_scores=true` (one full forward per corpus prompt)")
+        return self.prompt_scores[np.asarray(idx, dtype=np.int64)].mean(0)
+
     def check_model(self, identity: dict) -> None:
         """Refuse a model other than the one the map was built with."""
         for key in ("model_type", "n_layers", "hidden_size", "vocab_size"):
@@ -118,6 +130,8 @@ class TopoMap:
             arrays["importance"] = np.asarray(self.importance, dtype=np.float32)
         if self.global_importance is not None:
             arrays["global_importance"] = np.asarray(self.global_importance, dtype=np.float32)
+        if self.prompt_scores is not None:
+            arrays["prompt_scores"] = self.prompt_scores
         for key, value in self.router.items():
             arrays[f"router_{key}"] = value
         with atomic_dir(folder) as tmp:
@@ -152,7 +166,8 @@ class TopoMap:
             raise MapError(f"{folder / 'index.faiss'} holds {index.ntotal} entries but map.npz "
                            f"{len(arrays['labels'])} labels; rerun `dvc repro -f map`")
         topo = cls(index.reconstruct_n(0, index.ntotal), arrays["labels"], [str(c) for c in arrays["categories"]],
-                   meta["identity"], arrays.get("importance"), router, arrays.get("global_importance"))
+                   meta["identity"], arrays.get("importance"), router, arrays.get("global_importance"),
+                   arrays.get("prompt_scores"))
         if model_identity is not None:
             topo.check_model(model_identity)
         return topo
@@ -191,12 +206,20 @@ def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, c: float = 1.
             "intercept": (intercept - folded @ scaler.mean_).astype(np.float32)}
 
 
-def load_embeddings(path: Path | str, corpus_path: Path | str) -> tuple[np.ndarray, dict]:
-    """(embeddings, identity) from the embed stage, checked to be aligned with the corpus."""
+def load_embeddings(path: Path | str, corpus_path: Path | str, scores: bool = False):
+    """(embeddings, identity) from the embed stage, checked to be aligned with the corpus; with
+    `scores`, (embeddings, identity, each prompt's layer scores, or None where they were not kept)."""
     data = load_npz(path, "router embeddings", "embed")
     if sha256_file(Path(corpus_path)) != str(data["corpus_sha256"]):
         raise MapError(f"{path} was computed from a different {corpus_path}; rerun `dvc repro embed`")
-    return data["embeddings"], json.loads(str(data["identity"]))
+    identity = json.loads(str(data["identity"]))
+    if not scores:
+        return data["embeddings"], identity
+    found = data.get("prompt_scores")
+    if found is not None and found.shape != (len(data["embeddings"]), identity["n_layers"]):
+        raise MapError(f"{path} has layer scores of shape {found.shape}, expected "
+                       f"{(len(data['embeddings']), identity['n_layers'])}; rerun `dvc repro -f embed`")
+    return data["embeddings"], identity, found
 
 
 def load_importance(path: Path | str, categories: list[str], n_layers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,10 +238,13 @@ def load_importance(path: Path | str, categories: list[str], n_layers: int) -> t
 
 
 def build_map(rows: list[dict], vectors: np.ndarray, identity: dict, learned_c: float,
-              importance: np.ndarray | None = None, global_importance: np.ndarray | None = None) -> TopoMap:
-    """The map over the `map` split, with its learned router fitted on the same entries."""
+              importance: np.ndarray | None = None, global_importance: np.ndarray | None = None,
+              prompt_scores: np.ndarray | None = None) -> TopoMap:
+    """The map over the `map` split, with its learned router fitted on the same entries (and, given
+    every corpus prompt's layer scores, the map entries' own)."""
     categories = sorted({r["category"] for r in rows})
     on_map = np.array([r["split"] == "map" for r in rows])
     labels = np.array([categories.index(r["category"]) for r in rows])
     router = fit_learned_router(vectors[on_map], labels[on_map], c=learned_c)
-    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router, global_importance)
+    return TopoMap(vectors[on_map], labels[on_map], categories, identity, importance, router, global_importance,
+                   None if prompt_scores is None else prompt_scores[on_map])
