@@ -53,6 +53,15 @@ def tiny_model(family="llama", n_layers=6, hidden=32, dtype=torch.float32, seed=
     return model
 
 
+def identities(model, layers):
+    """Layers whose attention and MLP write nothing: each returns its input unchanged, for every input."""
+    with torch.no_grad():
+        for i in layers:
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    return model
+
+
 def left_padded(rows, pad_id=0):
     """A left-padded batch {input_ids, attention_mask} from lists of token ids."""
     width = max(len(r) for r in rows)

@@ -8,7 +8,7 @@ from transformers import DynamicCache
 from ais.decoding.speculative import recording_states
 from ais.evaluation.depth import (first_sentences, logits_with_skips, operation_prompts, orderings, saturation_depth,
                                   summarise_depths, token_depths)
-from conftest import tiny_llama
+from conftest import identities, tiny_llama
 
 PROMPT = [1, 5, 9, 14, 22, 7, 30, 3]
 
@@ -18,15 +18,6 @@ def _continuation(model, n=8):
     out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, eos_token_id=None,
                          pad_token_id=0)
     return out[0, len(PROMPT):].tolist()
-
-
-def _identities(model, layers):
-    """Layers whose attention and MLP write nothing: each returns its input unchanged."""
-    with torch.no_grad():
-        for i in layers:
-            model.model.layers[i].self_attn.o_proj.weight.zero_()
-            model.model.layers[i].mlp.down_proj.weight.zero_()
-    return model
 
 
 def _direct_logits(model, sequence, position, skipped):
@@ -76,14 +67,14 @@ def test_saturation_is_the_first_layer_after_which_the_lens_never_changes():
     for j, q in enumerate(positions):  # brute force
         lens = [int(model.lm_head(model.model.norm(states[d][0, q])).argmax()) for d in range(1, 7)]
         assert depth[j] == min(d for d in range(1, 7) if all(t == lens[-1] for t in lens[d - 1:]))
-    identity = _identities(tiny_llama(dtype=torch.float64, seed=4), [3, 4, 5])
+    identity = identities(tiny_llama(dtype=torch.float64, seed=4), [3, 4, 5])
     with recording_states(identity) as states:
         identity(input_ids=torch.tensor([sequence]))
     assert (saturation_depth(identity, states, positions) <= 3).all()  # layers 4-6 change nothing
 
 
 def test_identity_layers_are_skipped_by_every_token_and_the_rest_is_measured():
-    model = _identities(tiny_llama(dtype=torch.float64, seed=6), [3, 4, 5])
+    model = identities(tiny_llama(dtype=torch.float64, seed=6), [3, 4, 5])
     continuation = _continuation(model, 10)
     depths = token_depths(model, PROMPT, continuation)
     assert len(depths["needed"]) == len(continuation)

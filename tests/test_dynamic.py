@@ -8,18 +8,9 @@ from transformers import DynamicCache
 from ais.decoding.dynamic import NEVER, DepthGate, dynamic_continue, dynamic_generate, fill_kv, forced_logits
 from ais.decoding.greedy import plain_generate
 from ais.model.forward import layer_kwargs
-from conftest import left_padded, tiny_llama
+from conftest import identities, left_padded, tiny_llama
 
 PROMPTS = [[1, 5, 9, 14, 22, 7, 30, 3], [1, 40, 41, 12], [1, 8, 8, 60, 61, 62]]
-
-
-def identities(model, layers):
-    """Layers whose attention and MLP write nothing: each returns its input unchanged."""
-    with torch.no_grad():
-        for i in layers:
-            model.model.layers[i].self_attn.o_proj.weight.zero_()
-            model.model.layers[i].mlp.down_proj.weight.zero_()
-    return model
 
 
 def test_a_gate_that_never_fires_is_plain_greedy_decoding_bit_for_bit():

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,8 @@ def small_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline") / "repo"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in tracked:
-        if (REPO / name).is_file() and not name.startswith("reports/") and name != "dvc.lock":
+        outputs = name.startswith("reports/") and not name.startswith("reports/models/")  # other models' runs: inputs
+        if (REPO / name).is_file() and not outputs and name != "dvc.lock":
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     archive = write_fake_bigbench(root.parent / "bb.tar.gz",
@@ -153,7 +155,7 @@ def test_repro_then_experiment_changes_only_soft_results(small_repo):
 
     out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "skip.alpha=0.3"], root, env)
     after = read_metrics(root)
-    for stage in ("embed", "map", "importance", "lossless"):
+    for stage in ("embed@0", "embed_merge", "map", "importance", "lossless"):
         assert f"'{stage}' didn't change, skipping" in out, stage
     for split in ("heldout", "heldout_task"):
         new, old = after["validate.json"][split], before["validate.json"][split]
@@ -206,7 +208,7 @@ def test_deterministic_stages_give_identical_bytes(small_repo):
     if not (root / "data/map").is_dir():
         run([sys.executable, "-m", "dvc", "repro"], root, env)
     before = {p: digest(root / p) for p in DETERMINISTIC}
-    for stage in ("corpus", "embed", "importance", "map", "validate"):
+    for stage in ("corpus", "embed@0", "embed_merge", "importance", "map", "validate"):
         run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], root, env)
     assert {p: digest(root / p) for p in DETERMINISTIC} == before
 
@@ -263,3 +265,50 @@ def test_interrupted_stage_keeps_previous_outputs(small_repo):
     proc.wait()
     assert {p.name: digest(p) for p in (root / "data").iterdir()} == before
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root, env)
+
+
+def _built_and_committed(root, env, git):
+    if not (root / "data/map").is_dir():
+        run([sys.executable, "-m", "dvc", "repro"], root, env)
+    run(git + ["add", "-A"], root, env)
+    subprocess.run(git + ["commit", "-qm", "built"], cwd=root, env=env, capture_output=True)
+
+
+def test_queued_sweep_experiments_run_in_copies_and_show_their_own_metrics(small_repo):
+    root, env, git = small_repo
+    _built_and_committed(root, env, git)
+    dvc = [sys.executable, "-m", "dvc"]
+    for k in (2, 3):  # a cheap sweep: only the map's homogeneity metric reads it
+        run(dvc + ["exp", "run", "--queue", "-n", f"hk{k}", "-S", f"map.homogeneity_k={k}"], root, env)
+    run(dvc + ["queue", "start", "-j", "1"], root, env)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = run(dvc + ["queue", "status"], root, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    run(dvc + ["queue", "stop"], root, env)
+    shown = json.loads(run(dvc + ["exp", "show", "--json"], root, env, stdout_only=True))
+    values = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                if rev.get("name") in ("hk2", "hk3") and rev.get("data"):
+                    values[rev["name"]] = rev["data"]["metrics"]["reports/map.json"]["data"]["homogeneity_k"]
+    assert values == {"hk2": 2, "hk3": 3}, status
+
+
+def test_a_remote_shares_the_results_and_a_fresh_clone_recomputes_nothing(small_repo, tmp_path):
+    root, env, git = small_repo
+    _built_and_committed(root, env, git)
+    dvc = [sys.executable, "-m", "dvc"]
+    store = tmp_path / "store"
+    run(dvc + ["remote", "add", "--local", "-d", "store", str(store)], root, env)
+    run(dvc + ["push", "--run-cache"], root, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    run(dvc + ["remote", "add", "--local", "-d", "store", str(store)], clone, env)
+    run(dvc + ["pull", "--run-cache"], clone, env)
+    out = run(dvc + ["repro"], clone, env)
+    assert "Running stage" not in out, out
+    assert "up to date" in run(dvc + ["status"], clone, env)

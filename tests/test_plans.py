@@ -15,16 +15,9 @@ from ais.model.prompts import encode_prompts
 from ais.routing.embedding import embed_and_score, router_embedding
 from ais.routing.plans import PLAN_KINDS, layers_from_scores, n_layers_to_skip
 from ais.routing.topomap import TopoMap
-from conftest import tiny_llama, tiny_routed_decoder, tiny_tokenizer
+from conftest import identities, tiny_llama, tiny_routed_decoder, tiny_tokenizer
 
 CONTEXTS = ["what is the capital of france", "write a story", "sum two plus two", "write code", "the story of paris"]
-
-
-def identity_layer(model, layer):
-    with torch.no_grad():
-        model.model.layers[layer].self_attn.o_proj.weight.zero_()
-        model.model.layers[layer].mlp.down_proj.weight.zero_()
-    return model
 
 
 @torch.inference_mode()
@@ -39,7 +32,7 @@ def test_embeddings_and_layer_scores_come_from_one_forward_and_match_their_defin
 
 
 def test_the_prompt_plan_skips_an_identity_layer_first_and_changes_nothing():
-    model, tok = identity_layer(tiny_llama(dtype=torch.float64, seed=4), 3), tiny_tokenizer()
+    model, tok = identities(tiny_llama(dtype=torch.float64, seed=4), [3]), tiny_tokenizer()
     decoder = tiny_routed_decoder(model, tok, CONTEXTS[:4], [0, 1, 0, 1], plan="prompt")
     batch = encode_prompts(tok, CONTEXTS[:3], "cpu")
     out, routes = decoder.generate(batch, 6)
@@ -91,7 +84,7 @@ def test_the_map_keeps_each_entrys_layer_scores(tmp_path):
 
 @torch.inference_mode()
 def test_the_per_prompt_oracle_removes_an_identity_layer_first():
-    model, tok = identity_layer(tiny_llama(dtype=torch.float64, seed=6), 4), tiny_tokenizer()
+    model, tok = identities(tiny_llama(dtype=torch.float64, seed=6), [4]), tiny_tokenizer()
     ref = make_reference(model, tok, CONTEXTS[:3], 5)
     full = decode_logprobs(model, ref, NO_SKIP)
     plans = prompt_oracle_plans(model, ref, full, [2, 3, 4, 5], [1, 2])
@@ -115,3 +108,14 @@ def test_the_ladder_is_scored_level_by_level_with_paired_gaps():
         assert g["top1_difference_ci_low"] <= g["top1_difference"] <= g["top1_difference_ci_high"] and g["n_prompts"] == 4
     fewer = measure_quality(decoder, tok, by_split, [0, 1], 4, 0, {}, {}, [1], oracle_per_category=1, progress=False)
     assert sorted((r["category"], r["prompt"]) for r in fewer if r["method"] == PROMPT_ORACLE) == [("a", 0), ("b", 0)]
+
+
+def test_the_frontier_summary_pairs_the_oracles_subset_with_the_same_prompts():
+    from ais.evaluation.frontier import summarise
+
+    model, tok = tiny_llama(dtype=torch.float64, seed=5), tiny_tokenizer()
+    decoder = tiny_routed_decoder(model, tok, CONTEXTS, [0, 1, 0, 1, 0], scores=True, k=2)
+    rows = measure_quality(decoder, tok, {"heldout": {"a": CONTEXTS[:2], "b": CONTEXTS[2:4]}}, [0, 1], 4, 0, {}, {}, [1],
+                           oracle_per_category=1, progress=False)
+    oracle = next(r for r in summarise(rows, {}, "hard", 6, 0) if r["method"] == PROMPT_ORACLE)
+    assert oracle["n_prompts"] == 2 and oracle["minus_global_top1_n"] == 2

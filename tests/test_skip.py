@@ -169,3 +169,42 @@ def test_router_rejects_bad_pivot(tiny):
     for bad in (0, 7, "2", 2.5):
         with pytest.raises(ValueError, match="router.pivot_layer"):
             router_embedding(tiny, left_padded(ROWS), pivot=bad)
+
+
+def test_skipping_works_on_a_model_dispatched_with_a_device_map(tmp_path):
+    """accelerate's dispatch (here: some layers offloaded to disk, the CPU stand-in for a second device)
+    installs its own forward on each layer; the gate goes on top of it and puts it back."""
+    from accelerate import dispatch_model
+
+    reference, dispatched = tiny_llama(dtype=torch.float32, seed=9), tiny_llama(dtype=torch.float32, seed=9)
+    placement = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+                 **{f"model.layers.{i}": ("disk" if i in (2, 3, 5) else "cpu") for i in range(6)}}
+    dispatch_model(dispatched, device_map=placement, offload_dir=str(tmp_path))
+    hooked = [layer.__dict__.get("forward") for layer in dispatched.model.layers]
+    assert all(f is not None for f in hooked)  # accelerate's hooks
+    batch = left_padded(ROWS)
+    for plan in PLANS:
+        expected = generate_ids(reference, batch, plan, max_new_tokens=6)
+        assert torch.equal(generate_ids(dispatched, batch, plan, max_new_tokens=6), expected), plan.describe()
+    assert [layer.__dict__.get("forward") for layer in dispatched.model.layers] == hooked  # the hooks are back
+    assert torch.equal(next_token_logits(dispatched, batch), next_token_logits(reference, batch))
+
+
+def test_a_checkpoint_loaded_with_a_device_map_still_skips(tmp_path):
+    """`model.device: map` (accelerate's device_map="auto"); with too little memory for the whole model
+    the later layers go to disk, the way a model larger than one device would spread out."""
+    import json
+
+    from ais.model.loading import load_model
+    from conftest import tiny_tokenizer
+
+    reference = tiny_llama(dtype=torch.float32, seed=10)
+    reference.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "model/model_card.json").write_text(json.dumps({"source": "test"}))
+    mapped, _ = load_model(tmp_path / "model", "float32", "map", max_memory={"cpu": "60KB"})
+    devices = set(getattr(mapped, "hf_device_map", {}).values())
+    assert "disk" in devices, devices
+    batch = left_padded(ROWS)
+    for plan in (NO_SKIP, SkipPlan.make(hard=[2, 5]), SkipPlan.make(soft={3: 0.5})):
+        assert torch.equal(generate_ids(mapped, batch, plan, max_new_tokens=5), generate_ids(reference, batch, plan, 5))

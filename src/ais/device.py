@@ -2,6 +2,7 @@
 (used by decoding, which times its own generations, and by the benchmarks)."""
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -66,3 +67,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def configure_threads() -> int:
+    """Honour `AIS_THREADS` (torch's intra-op threads): `dvc queue start -j N` runs N experiments at
+    once, each of which would otherwise take every core; AIS_THREADS = cores / N keeps them from
+    oversubscribing the CPU. Returns the thread count in use."""
+    value = os.environ.get("AIS_THREADS")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise DeviceError(f"AIS_THREADS={value!r} must be a positive integer (torch threads per process)")
+        torch.set_num_threads(int(value))
+    return torch.get_num_threads()

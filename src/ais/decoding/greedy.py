@@ -76,6 +76,16 @@ def plain_generate(model, batch: dict, max_new_tokens: int, plan: SkipPlan = NO_
         return greedy_continue(model, logits.argmax(-1), batch["attention_mask"], cache, max_new_tokens, eos_token_id)
 
 
+def rows_cache(cache, rows: list[int], split: bool):
+    """The cache some rows continue on: the batch's own when they are the whole batch (`split` false),
+    else a copy holding only their rows (each plan's sub-batch extends its own)."""
+    if not split:
+        return cache
+    sub = copy.deepcopy(cache)
+    sub.batch_select_indices(torch.tensor(rows, device=cache.layers[0].keys.device))
+    return sub
+
+
 @torch.inference_mode()
 def continue_with_plans(model, first: torch.Tensor, attention_mask: torch.Tensor, cache, plans: list[SkipPlan],
                         max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
@@ -84,12 +94,9 @@ def continue_with_plans(model, first: torch.Tensor, attention_mask: torch.Tensor
     groups = group_by_plan(plans)
     out = torch.empty((first.shape[0], max_new_tokens), dtype=torch.long, device=first.device)
     for plan, rows in groups.items():
-        sub_cache = cache
-        if len(groups) > 1:
-            sub_cache = copy.deepcopy(cache)
-            sub_cache.batch_select_indices(torch.tensor(rows, device=first.device))
         with skipping(model, plan):
-            out[rows] = greedy_continue(model, first[rows], attention_mask[rows], sub_cache, max_new_tokens, eos_token_id)
+            out[rows] = greedy_continue(model, first[rows], attention_mask[rows], rows_cache(cache, rows, len(groups) > 1),
+                                        max_new_tokens, eos_token_id)
     return out
 
 

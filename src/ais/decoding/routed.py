@@ -8,7 +8,6 @@ sub-batches, one per plan.
 """
 from __future__ import annotations
 
-import copy
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from ais.decoding.greedy import continue_with_plans, greedy_continue
+from ais.decoding.greedy import continue_with_plans, greedy_continue, rows_cache
 from ais.model.forward import layer_context, recording_influence, run_layers
 from ais.model.gating import NO_SKIP, SkipPlan, decoder_layers, group_by_plan, skipping
 from ais.model.loading import model_identity
@@ -220,10 +219,7 @@ class RoutedDecoder:
         n_layers = len(decoder_layers(self.model))
         out = torch.empty((hidden.shape[0], max_new_tokens), dtype=torch.long, device=hidden.device)
         for plan, rows in groups.items():
-            sub_cache = cache
-            if len(groups) > 1:
-                sub_cache = copy.deepcopy(cache)
-                sub_cache.batch_select_indices(torch.tensor(rows, device=hidden.device))
+            sub_cache = rows_cache(cache, rows, len(groups) > 1)
             sub_ctx = {**_rows(ctx, rows), "past_key_values": sub_cache}
             with skipping(self.model, plan):
                 first = _head(self.model, run_layers(self.model, hidden[rows], sub_ctx, self.pivot, n_layers)).argmax(-1)

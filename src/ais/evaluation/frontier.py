@@ -355,7 +355,9 @@ def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: i
                "kl": round(float(np.mean([r["kl"] for r in members])), 4)}
         for other in COMPARED:
             if other != method and (split, other, n) in by_key and n > 0:
-                diff = paired_difference([r["top1"] for r in members], [r["top1"] for r in by_key[(split, other, n)]], seed)
+                theirs = {(r["category"], r["prompt"]): r["top1"] for r in by_key[(split, other, n)]}
+                diff = paired_difference([r["top1"] for r in members],
+                                         [theirs[(r["category"], r["prompt"])] for r in members], seed)
                 row.update({k: round(v, 4) for k, v in diff.as_dict(f"minus_{other}_top1").items()})
         for size in sizes:
             timed = speed.get((method, n, size)) or (speed.get(("full", 0, size)) if n == 0 and method != FLOOR else None)

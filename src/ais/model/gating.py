@@ -91,8 +91,10 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return model.model.layers
 
 
-def _hard_forward(hidden_states, *args, **kwargs):
-    return hidden_states
+def _hard_forward_fn():
+    def forward(hidden_states, *args, **kwargs):
+        return hidden_states
+    return forward
 
 
 def _soft_forward(original, alpha):
@@ -102,10 +104,33 @@ def _soft_forward(original, alpha):
     return forward
 
 
+_GATE = "_ais_gate"  # marks a forward the skipper installed
+_UNDER = "_ais_forward_under"  # the layer's own instance forward before the gate (e.g. accelerate's offload hook)
+
+
+def _install(layer, forward) -> None:
+    """Gate a layer: keep whatever instance forward it had (another library's hook) to restore later."""
+    if getattr(layer.__dict__.get("forward"), _GATE, False):
+        raise RuntimeError("a layer is already gated; clear the plan first")
+    if "forward" in layer.__dict__:
+        layer.__dict__[_UNDER] = layer.__dict__["forward"]
+    setattr(forward, _GATE, True)
+    layer.forward = forward
+
+
+def _original(layer):
+    """The layer's forward as it was before the skipper: its own instance forward or the class's."""
+    return layer.__dict__.get(_UNDER) or layer.__dict__.get("forward") or type(layer).forward.__get__(layer)
+
+
 def clear_plan(model) -> None:
-    """Remove every gate: the model is exactly as loaded."""
+    """Remove every gate: the model is exactly as loaded (a forward another library installed, such as
+    accelerate's offload hook under `device_map`, is put back)."""
     for layer in decoder_layers(model):
-        layer.__dict__.pop("forward", None)
+        if getattr(layer.__dict__.get("forward"), _GATE, False):
+            del layer.__dict__["forward"]
+            if _UNDER in layer.__dict__:
+                layer.forward = layer.__dict__.pop(_UNDER)
     model._ais_plan = NO_SKIP
 
 
@@ -115,9 +140,9 @@ def set_plan(model, plan: SkipPlan) -> None:
     plan.validate(len(layers))
     clear_plan(model)
     for idx in plan.hard:
-        layers[idx].forward = _hard_forward
+        _install(layers[idx], _hard_forward_fn())
     for idx, alpha in plan.soft:
-        layers[idx].forward = _soft_forward(type(layers[idx]).forward.__get__(layers[idx]), alpha)
+        _install(layers[idx], _soft_forward(_original(layers[idx]), alpha))
     model._ais_plan = plan
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ais.device import pick_device, pick_dtype
-from ais.files import atomic_dir, sha256_file, write_json
+from ais.device import configure_threads, pick_device, pick_dtype
+from ais.files import atomic_dir, cache_dir, sha256_file, write_json
 from ais.model.sources import SOURCES, SourceError, resolve
 
 EMBEDDED = "embedded"
@@ -139,17 +139,24 @@ def read_card(model_dir: Path) -> dict:
         raise ModelError(f"{card_path} is corrupt ({err}); rerun `dvc repro -f model`") from err
 
 
-def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto"):
+def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto", max_memory: dict | None = None):
     """Load a materialised checkpoint for inference: (model, tokenizer), eval mode, on the device.
-    The tokenizer pads on the left so the last position of every row is the prompt's last token."""
+    `device: map` lets accelerate place the layers over the GPUs, the CPU and, past `max_memory`, the
+    disk (`device_map="auto"`, for a model larger than one device; the skipper gates layers on top of
+    accelerate's hooks). The tokenizer pads on the left so the last position of every row is the
+    prompt's last token."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model folder {model_dir} does not exist: run `dvc repro model` first")
     read_card(model_dir)
-    target = pick_device(device)
+    configure_threads()
+    mapped = device == "map"
+    target = pick_device("auto" if mapped else device)
     torch_dtype = pick_dtype(dtype, target)
+    placement = {"device_map": "auto", "max_memory": max_memory,
+                 "offload_folder": str(cache_dir() / "offload" / model_dir.resolve().name)} if mapped else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:  # safetensors, JSON and tokenizer errors have no common base class
         raise ModelError(f"could not load the checkpoint in {model_dir} ({err}); rerun `dvc repro -f model`") from err
@@ -157,7 +164,7 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto"):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(target).eval(), tokenizer
+    return (model if mapped else model.to(target)).eval(), tokenizer
 
 
 def model_identity(model) -> dict:

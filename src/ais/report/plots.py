@@ -142,3 +142,18 @@ def plot_depth(examples: dict[str, dict], n_layers: int, flexidepth: dict[str, f
     axes[0, 0].legend(frameon=False, fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=11)
     save_figure(fig, path)
+
+
+def plot_sweep(rows: list[dict], x: str, y: str, by: str | None, path: Path | str) -> None:
+    """One metric against one param across the experiments of a sweep, a line per value of `by`."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for group in sorted({str(r["by"]) for r in rows}):
+        pts = sorted((r for r in rows if str(r["by"]) == group), key=lambda r: r["x"])
+        ax.plot([p["x"] for p in pts], [p["y"] for p in pts], marker="o", ms=4, label=f"{by}={group}" if by else None)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    if by:
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_title(f"{len(rows)} experiments", fontsize=10)
+    save_figure(fig, path)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ais.files import load_npz, sha256_file
 from ais.model.forward import recording_influence
 from ais.model.gating import decoder_layers
 from ais.model.prompts import context_length, encode_prompts
@@ -66,53 +67,107 @@ def router_embedding(model, batch: dict, pivot: int, pooling: str = "last") -> t
     return pool(hidden, batch["attention_mask"], pooling).float()
 
 
+def length_batches(prompts: list[str], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of similar length (less padding), shortest first."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def shard_of(batches: list[list[int]], shard: int, num_shards: int) -> list[list[int]]:
+    """The batches shard `shard` of `num_shards` computes: every num_shards-th batch of the one global
+    batching, so each batch is the same in a shard as in the whole run (left padding makes a prompt's
+    numbers depend, to the last bit, on its batch's composition) and the merge is bit for bit."""
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard!r} of {num_shards!r}: need 0 <= shard < num_shards")
+    return batches[shard::num_shards]
+
+
+@torch.inference_mode()
+def embed_batches(model, tokenizer, prompts: list[str], batches: list[list[int]], pivot: int, pooling: str = "last",
+                  scores: bool = False, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(prompt indices, router embeddings, layer scores or None) for the prompts in `batches`, one
+    forward per batch: the router's layers only, or with `scores` every layer, which also gives each
+    prompt's own block influence (1 - cos(layer input, output), averaged over its tokens); the
+    embedding is the state after layer `pivot - 1` either way."""
+    layers = decoder_layers(model)
+    check_pivot(pivot, len(layers))
+    indices = [i for batch in batches for i in batch]
+    vectors = np.zeros((len(indices), model.config.hidden_size), dtype=np.float32)
+    influence_rows = np.zeros((len(indices), len(layers)), dtype=np.float32) if scores else None
+    captured = {}
+    handle = layers[pivot - 1].register_forward_hook(
+        lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output))
+    desc = f"router embeddings (pivot {pivot})" + (" and layer scores" if scores else "")
+    row = 0
+    try:
+        with tqdm(total=len(indices), desc=desc, unit="prompt", disable=not progress, mininterval=2.0) as bar:
+            for idx in batches:
+                batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
+                if scores:
+                    with recording_influence(model, batch["attention_mask"]) as influence:
+                        model.model(**batch, use_cache=False)
+                    influence_rows[row:row + len(idx)] = torch.stack([influence[i] for i in range(len(layers))],
+                                                                     1).cpu().numpy()
+                    hidden = captured["hidden"]
+                else:
+                    hidden = pivot_hidden(model, batch, pivot)
+                vectors[row:row + len(idx)] = pool(hidden, batch["attention_mask"], pooling).float().cpu().numpy()
+                row += len(idx)
+                bar.update(len(idx))
+    finally:
+        handle.remove()
+    return np.array(indices, dtype=np.int64), vectors, influence_rows
+
+
+def _in_order(n: int, indices: np.ndarray, *arrays):
+    out = []
+    for values in arrays:
+        if values is None:
+            out.append(None)
+            continue
+        ordered = np.zeros((n, values.shape[1]), dtype=values.dtype)
+        ordered[indices] = values
+        out.append(ordered)
+    return out
+
+
+def merge_shards(paths: list, corpus_path) -> dict:
+    """The shards' arrays joined in corpus order, checked: one model identity and corpus, every prompt
+    exactly once. The arrays the embed stage writes unsharded (embeddings, identity, corpus sha256,
+    layer scores where kept)."""
+    parts = [load_npz(p, "an embedding shard", "embed") for p in paths]
+    identities = {str(p["identity"]) for p in parts}
+    corpora = {str(p["corpus_sha256"]) for p in parts} | {sha256_file(corpus_path)}
+    if len(identities) > 1 or len(corpora) > 1:
+        raise ValueError(f"the shards {[str(p) for p in paths]} come from different models or corpora; "
+                         "rerun `dvc repro embed`")
+    indices = np.concatenate([p["indices"] for p in parts])
+    n = len(indices)
+    if sorted(indices.tolist()) != list(range(n)):
+        raise ValueError(f"the shards {[str(p) for p in paths]} do not cover the corpus exactly once; rerun `dvc repro embed`")
+    scored = [p.get("prompt_scores") for p in parts]
+    vectors, scores = _in_order(n, indices, np.concatenate([p["embeddings"] for p in parts]),
+                                np.concatenate(scored) if all(s is not None for s in scored) else None)
+    out = {"embeddings": vectors, "identity": parts[0]["identity"], "corpus_sha256": parts[0]["corpus_sha256"]}
+    return {**out, "prompt_scores": scores} if scores is not None else out
+
+
 def embed_prompts(model, tokenizer, prompts: list[str], pivot: int, pooling: str = "last",
                   batch_size: int = 16, progress: bool = True) -> np.ndarray:
     """Router embeddings (N x hidden, float32) for chat prompts, in batches of similar length
     (less padding); rows come back in the order of `prompts`. Shows a progress bar."""
-    check_pivot(pivot, len(decoder_layers(model)))
-    lengths = [len(p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float32)
-    with tqdm(total=len(prompts), desc=f"router embeddings (pivot {pivot})", unit="prompt",
-              disable=not progress, mininterval=2.0) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
-            out[idx] = router_embedding(model, batch, pivot, pooling).cpu().numpy()
-            bar.update(len(idx))
-    return out
+    indices, vectors, _ = embed_batches(model, tokenizer, prompts, length_batches(prompts, batch_size), pivot, pooling,
+                                        progress=progress)
+    return _in_order(len(prompts), indices, vectors)[0]
 
 
-@torch.inference_mode()
 def embed_and_score(model, tokenizer, prompts: list[str], pivot: int, pooling: str = "last", batch_size: int = 16,
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Router embeddings (N x hidden) and each prompt's own layer scores (N x n_layers: block
-    influence, 1 - cos(layer input, output), averaged over its tokens) from one full forward per
-    batch of similar-length prompts; the embedding is the state after layer `pivot - 1`, as the
-    router computes it. Rows come back in the order of `prompts`."""
-    layers = decoder_layers(model)
-    check_pivot(pivot, len(layers))
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    vectors = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float32)
-    scores = np.zeros((len(prompts), len(layers)), dtype=np.float32)
-    captured = {}
-    handle = layers[pivot - 1].register_forward_hook(
-        lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output))
-    try:
-        with tqdm(total=len(prompts), desc=f"router embeddings (pivot {pivot}) and layer scores", unit="prompt",
-                  disable=not progress, mininterval=2.0) as bar:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
-                with recording_influence(model, batch["attention_mask"]) as influence:
-                    model.model(**batch, use_cache=False)
-                vectors[idx] = pool(captured["hidden"], batch["attention_mask"], pooling).float().cpu().numpy()
-                scores[idx] = torch.stack([influence[i] for i in range(len(layers))], 1).cpu().numpy()
-                bar.update(len(idx))
-    finally:
-        handle.remove()
-    return vectors, scores
+    """Router embeddings (N x hidden) and each prompt's own layer scores (N x n_layers) from one full
+    forward per batch of similar-length prompts. Rows come back in the order of `prompts`."""
+    indices, vectors, scores = embed_batches(model, tokenizer, prompts, length_batches(prompts, batch_size), pivot,
+                                             pooling, scores=True, progress=progress)
+    return tuple(_in_order(len(prompts), indices, vectors, scores))
 
 
 def resolve_pivot(value, n_layers: int) -> int:

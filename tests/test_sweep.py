@@ -1,0 +1,20 @@
+"""A sweep's view reads DVC's record of the experiments."""
+from ais.report.sweep import experiment_rows
+
+SHOW = [
+    {"rev": "workspace", "data": {}},
+    {"rev": "abc1234", "name": "main", "data": {
+        "params": {"params.yaml": {"data": {"skip": {"fraction": 0.1, "mode": "hard"}}}},
+        "metrics": {"reports/validate.json": {"data": {"heldout": {"routed_top1": 0.7}}}}},
+     "experiments": [{"name": "exp-a", "revs": [{"rev": "def5678", "name": "exp-a", "data": {
+         "params": {"params.yaml": {"data": {"skip": {"fraction": 0.2, "mode": "soft"}}}},
+         "metrics": {"reports/validate.json": {"data": {"heldout": {"routed_top1": 0.9}}},
+                     "reports/map.json": {"data": {"heldout": {"routed_top1": "not this file"}}}}}}]},
+                     {"name": "failed", "revs": [{"rev": "0000000", "name": "failed", "data": None}]}]},
+]
+
+
+def test_a_metric_against_a_param_per_experiment():
+    rows = experiment_rows(SHOW, "skip.fraction", "validate.json:heldout.routed_top1", "skip.mode")
+    assert rows == [{"name": "main", "x": 0.1, "y": 0.7, "by": "hard"}, {"name": "exp-a", "x": 0.2, "y": 0.9, "by": "soft"}]
+    assert experiment_rows(SHOW, "skip.alpha", "validate.json:heldout.routed_top1") == []
