@@ -469,6 +469,9 @@ def model_summary(reports: Path, params: dict) -> dict:
     mc, lossless, depth = _json(reports / "multiple_choice.json"), _json(reports / "lossless.json"), _json(reports / "depth.json")
     out = {"source": params["model"]["source"], "n_layers": model.get("n_layers"), "hidden_size": model.get("hidden_size"),
            "dtype": model.get("dtype"),
+           "sizes": {"corpus": params["corpus"]["n"], "validate_per_category": params["validate"]["n_per_category"],
+                     "multiple_choice_per_benchmark": params["multiple_choice"]["n_per_benchmark"],
+                     "depth_per_operation": params["depth"]["n_per_operation"]},
            "routed_minus_global_top1": {s: _ci(validate.get(s), "routed_minus_global_top1") for s in SPLIT_NAMES},
            "routing_accuracy": {s: _ci(validate.get(s), "routing_accuracy") for s in SPLIT_NAMES}}
     if mc:
@@ -506,11 +509,20 @@ def _plain(value, digits: int = 3) -> str:
     return f"{value[0]:.{digits}f} [{value[1]:.{digits}f}, {value[2]:.{digits}f}]" if value else ""
 
 
+def _sizes(sizes: dict | None) -> str:
+    """A run's evaluation sizes, short: map prompts / validation prompts per category and split /
+    questions per benchmark / prompts per depth operation."""
+    if not sizes:
+        return ""
+    return (f"map {sizes['corpus']}, validate {sizes['validate_per_category']}/cat, "
+            f"MC {sizes['multiple_choice_per_benchmark']}, depth {sizes['depth_per_operation']}/op")
+
+
 def models_section(summaries: list[dict]) -> list[str]:
     """Across model size: the routed − global gap, multiple choice above chance, the acceptance of
     layer-skip drafts, the best lossless speedup and per-token depth, each with its interval."""
     summaries = sorted(summaries, key=lambda s: (s.get("n_layers") or 0, s["source"]))
-    rows = [[s["source"], s.get("n_layers"), s.get("hidden_size"), s.get("dtype"),
+    rows = [[s["source"], s.get("n_layers"), s.get("hidden_size"), s.get("dtype"), _sizes(s.get("sizes")),
              _cell(s["routed_minus_global_top1"].get("heldout")), _cell(s["routed_minus_global_top1"].get("heldout_task")),
              _plain((s.get("lossless") or {}).get("acceptance", {}).get("routed_skip")),
              _plain((s.get("lossless") or {}).get("acceptance", {}).get("clasp")),
@@ -525,10 +537,11 @@ def models_section(summaries: list[dict]) -> list[str]:
     return ["## Across model size", "",
             "The same pipeline on each model (the other models' reports are in `models/<source>/`, each produced by "
             "its own run; how to rerun one is in the README). Routed − global: top-1 agreement, paired over prompts, "
-            "at `skip.fraction` (**bold**: the interval excludes 0). Acceptance: the share of drafted tokens the full "
+            "at `skip.fraction` (**bold**: the interval excludes 0). Run sizes: a larger model may run at reduced "
+            "evaluation sizes to fit the CPU (wider intervals). Acceptance: the share of drafted tokens the full "
             "model kept, mean over test prompts. Depth: the fraction of layers a token needs (`needed / L`) when "
             "continuing a paragraph.", "",
-            _table(["model", "layers", "hidden", "dtype", "routed − global (seen tasks)", "routed − global (unseen tasks)",
+            _table(["model", "layers", "hidden", "dtype", "run sizes", "routed − global (seen tasks)", "routed − global (unseen tasks)",
                     "routed draft acceptance", "CLaSp acceptance", "best lossless vs bf16 generate",
                     "depth needed (continue)"], rows), "",
             "Multiple choice, the full model's `acc_norm` [95%] and its distance from chance:", "",
