@@ -4,8 +4,8 @@ generation speed at batch 1 and 4, as the number of skipped layers grows."""
 from pathlib import Path
 
 from ais.api import load
-from ais.evaluation.frontier import (CALM, DYNAMIC, calibrate_gates, dynamic_candidates, ladder_gaps, measure_quality,
-                                     measure_speed, original_plans, request_calls, summarise)
+from ais.evaluation.frontier import (CALM, DYNAMIC, calibrate_gates, dynamic_candidates, dynamic_overheads, ladder_gaps,
+                                     measure_quality, measure_speed, original_plans, request_calls, summarise)
 from ais.files import load_npz, write_csv, write_json
 from ais.params import get
 from ais.report.plots import plot_frontier
@@ -38,6 +38,7 @@ if __name__ == "__main__":
     speed = measure_speed(decoder, system.tokenizer, timing_prompts, request_calls(decoder, counts, gates[DYNAMIC], new_tokens),
                           get(params, "frontier.batch_sizes"), new_tokens, get(params, "frontier.warmup"),
                           get(params, "frontier.repeats"), seed)
+    overheads = dynamic_overheads(system.model, system.tokenizer, timing_prompts[0], min_layer, seed=seed)
     rows = summarise(per_prompt, speed, decoder.settings.mode, n_layers, seed)
     gaps = ladder_gaps(per_prompt, seed)
     write_csv("reports/frontier.csv", rows)
@@ -50,6 +51,7 @@ if __name__ == "__main__":
         "dynamic_gates": {m: {str(k): {"threshold": g.threshold, "candidates": sorted(g.candidates) if g.candidates else "all"}
                               for k, g in by_count.items()} for m, by_count in gates.items()},
         "dynamic_min_layer": min_layer,
+        "dynamic_overheads": overheads,
         "ladder": {f"{g['split']}/{g['higher']}-{g['lower']}@{g['n_skipped']}": {k: v for k, v in g.items() if "difference" in k}
                    for g in gaps},
         **{split: {f"{r['method']}@{r['n_skipped']}": {k: r[k] for k in r if k not in ("split", "method", "mode")}

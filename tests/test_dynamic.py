@@ -152,3 +152,13 @@ def test_eos_stops_a_row_and_pads_it():
     assert torch.equal(stopped, plain_generate(model, batch, 8, eos_token_id=eos))
     row = stopped[0].tolist()
     assert row[:3] == ids[0, :3].tolist() and all(t == 0 for t in row[3:]) and (depth[0, 3:] == 0).all()
+
+
+def test_the_dynamic_overheads_are_fractions_of_the_layer_they_stand_in_for():
+    from ais.evaluation.frontier import dynamic_overheads
+    from conftest import tiny_tokenizer
+
+    model, tok = tiny_llama(dtype=torch.float32, seed=3), tiny_tokenizer()
+    costs = dynamic_overheads(model, tok, "a b c d", 1, warmup=1, repeats=3)
+    assert costs["layer_ms"] > 0 and costs["fill_kv_ms"] > 0 and costs["gate_ms"] > 0 and costs["layer_index"] == 1
+    assert costs["fill_kv_fraction"] == pytest.approx(costs["fill_kv_ms"] / costs["layer_ms"], rel=0.02)

@@ -104,6 +104,9 @@ def test_the_ladder_is_scored_level_by_level_with_paired_gaps():
     gaps = ladder_gaps(rows, 0)
     pairs = {(g["higher"], g["lower"]) for g in gaps}
     assert ("routed", "global") in pairs and (NEIGHBOURS, "routed") in pairs and (PROMPT_ORACLE, PROMPT) in pairs
+    assert (PROMPT, NEIGHBOURS) in pairs and (PROMPT, "routed") not in pairs
+    without = ladder_gaps([r for r in rows if r["method"] not in (NEIGHBOURS, CATEGORY_SCORES)], 0)
+    assert (PROMPT, "routed") in {(g["higher"], g["lower"]) for g in without}  # the level below among those measured
     for g in gaps:
         assert g["top1_difference_ci_low"] <= g["top1_difference"] <= g["top1_difference_ci_high"] and g["n_prompts"] == 4
     fewer = measure_quality(decoder, tok, by_split, [0, 1], 4, 0, {}, {}, [1], oracle_per_category=1, progress=False)

@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from ais.decoding.dynamic import NEVER, DepthGate, dynamic_generate, forced_logits
+from ais.decoding.dynamic import NEVER, DepthGate, dynamic_generate, fill_kv, forced_logits
 from ais.decoding.greedy import continue_with_plans, generate_after_full_prefill, plain_generate
 from ais.decoding.routed import RoutedDecoder
-from ais.decoding.speculative import recording_states
+from ais.decoding.speculative import recording_states, truncate_cache
 from ais.evaluation.importance import layer_groups
 from ais.evaluation.quality import compare_logprobs, decode_logprobs, make_reference
 from ais.evaluation.statistics import mean_interval, paired_difference
@@ -370,20 +370,28 @@ def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: i
     return out
 
 
-# each adjacent pair of the ladder (more adaptive first), its ceiling, and the control that separates
-# the category label from the measure the finer levels use
-LADDER_PAIRS = ((ROUTED, "global"), (NEIGHBOURS, ROUTED), (PROMPT, NEIGHBOURS), (DYNAMIC, PROMPT),
-                (PROMPT_ORACLE, PROMPT), (NEIGHBOURS, CATEGORY_SCORES), (CATEGORY_SCORES, ROUTED))
+# the ladder, least input-dependent first; the gaps compare each level with the one below it among
+# those measured (without map.prompt_scores there is no neighbours level: prompt is compared with the
+# category), plus the ceiling and the control that separates the category label from the measure the
+# finer levels use
+LADDER = ("global", ROUTED, NEIGHBOURS, PROMPT, DYNAMIC)
+EXTRA_PAIRS = ((PROMPT_ORACLE, PROMPT), (NEIGHBOURS, CATEGORY_SCORES), (CATEGORY_SCORES, ROUTED))
+
+
+def ladder_pairs(methods: set[str]) -> list[tuple[str, str]]:
+    """(higher, lower) for each adjacent pair of the measured ladder levels, then the extra pairs."""
+    levels = [m for m in LADDER if m in methods]
+    return list(zip(levels[1:], levels[:-1])) + [p for p in EXTRA_PAIRS if set(p) <= methods]
 
 
 def ladder_gaps(rows: list[dict], seed: int) -> list[dict]:
-    """Per split and count, the paired top-1 (and KL) difference between each pair of `LADDER_PAIRS`
+    """Per split and count, the paired top-1 (and KL) difference between each pair of `ladder_pairs`
     measured on the same prompts, with its 95% interval."""
     index = {(r["split"], r["method"], r["n_skipped"], r["category"], r["prompt"]): r for r in rows}
     out = []
     for split in sorted({r["split"] for r in rows}):
         for n in sorted({r["n_skipped"] for r in rows if r["n_skipped"] > 0}):
-            for higher, lower in LADDER_PAIRS:
+            for higher, lower in ladder_pairs({r["method"] for r in rows if r["n_skipped"] == n}):
                 keys = [(r["category"], r["prompt"]) for r in rows
                         if (r["split"], r["method"], r["n_skipped"]) == (split, higher, n)]
                 pairs = [(index[(split, higher, n, *k)], index.get((split, lower, n, *k))) for k in keys]
@@ -396,3 +404,40 @@ def ladder_gaps(rows: list[dict], seed: int) -> list[dict]:
                                 for k, v in diff.as_dict(metric).items() if not k.endswith("_n")})
                 out.append(row)
     return out
+
+
+@torch.inference_mode()
+def dynamic_overheads(model, tokenizer, prompt: str, layer_index: int, warmup: int = 3, repeats: int = 30,
+                      seed: int = 0) -> dict:
+    """What the dynamic mode adds per token and layer, as a fraction of running that layer on one new
+    position after `prompt` (batch 1, cached): filling a skipped layer's keys and values, and the gate
+    (the cosine similarity of the layer's input and output). Medians of interleaved repeats; the cache
+    is cut back to the prompt after every call."""
+    batch = encode_prompts(tokenizer, [prompt], model.device)
+    cache = DynamicCache(config=model.config)
+    first = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+    length = cache.get_seq_length()
+    x = model.model.embed_tokens(first[:, None])
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], 1)
+    ctx = layer_kwargs(model, x, cache, mask)
+    layer = decoder_layers(model)[layer_index]
+    out = layer(x, **ctx)
+    truncate_cache(cache, length)
+    precision = torch.promote_types(x.dtype, torch.float32)
+
+    def cut(fn):
+        def call():
+            fn()
+            truncate_cache(cache, length)
+        return call
+
+    seconds = time_interleaved({
+        "layer": cut(lambda: layer(x, **ctx)),
+        "fill_kv": cut(lambda: fill_kv(layer, x, ctx)),
+        "gate": lambda: bool(torch.cosine_similarity(x[:, -1].to(precision), out[:, -1].to(precision), dim=-1)[0] >= 0.5),
+    }, model.device, warmup, repeats, seed)
+    median = {name: float(np.median(s)) for name, s in seconds.items()}
+    return {"layer_ms": round(1000 * median["layer"], 4), "layer_index": layer_index,
+            "fill_kv_ms": round(1000 * median["fill_kv"], 4), "gate_ms": round(1000 * median["gate"], 4),
+            "fill_kv_fraction": round(median["fill_kv"] / median["layer"], 4),
+            "gate_fraction": round(median["gate"] / median["layer"], 4)}

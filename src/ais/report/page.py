@@ -161,7 +161,8 @@ def build_report(reports: Path, params: dict, others: list[dict] | None = None) 
         out += central_answer(validate)
     frontier = _csv(reports / "frontier.csv")
     if frontier:
-        out += frontier_section(frontier, _csv(reports / "ladder.csv"))
+        out += frontier_section(frontier, _csv(reports / "ladder.csv"),
+                                (_json(reports / "frontier.json") or {}).get("dynamic_overheads"))
     depth = _json(reports / "depth.json")
     if depth:
         out += depth_section(depth)
@@ -255,8 +256,9 @@ def lossless_section(lossless: dict) -> list[str]:
            f"{lossless['n_calibration_prompts']} calibration prompts; every number below is measured on "
            f"{lossless['n_test_prompts']} other (test) prompts, with the routing a drafter needs inside its clock. "
            f"The system runs in {sys_dtype} (`lossless.dtype`).", "",
-           f"**The chosen-drafter system: {_speedup_words(system['vs_generate_bf16'], 'bfloat16 `generate`')}; "
-           f"{_speedup_words(system['vs_generate_same_dtype'], f'{sys_dtype} `generate`')}.**", ""]
+           f"**The chosen-drafter system: {_speedup_words(system['vs_generate_bf16'], 'bfloat16 `generate`')}"
+           + ("" if sys_dtype == "bfloat16" else
+              f"; {_speedup_words(system['vs_generate_same_dtype'], f'{sys_dtype} `generate`')}") + ".**", ""]
     rows = []
     for dtype, named in decoders.items():
         for name, v in named.items():
@@ -352,7 +354,8 @@ def _ladder_words(frontier: list[dict]) -> list[str]:
 
 
 LADDER_WORDS = {("routed", "global"): "category over global", ("neighbours", "routed"): "neighbours over category",
-                ("prompt", "neighbours"): "prompt over neighbours", ("dynamic", "prompt"): "token (dynamic) over prompt",
+                ("prompt", "neighbours"): "prompt over neighbours", ("prompt", "routed"): "prompt over category",
+                ("dynamic", "prompt"): "token (dynamic) over prompt",
                 ("prompt_oracle", "prompt"): "ceiling: per-prompt oracle over prompt",
                 ("neighbours", "category_scores"): "control: neighbours over the category's mean of the same scores",
                 ("category_scores", "routed"): "control: the category's mean scores over its importance"}
@@ -381,7 +384,7 @@ def ladder_section(gaps: list[dict]) -> list[str]:
             _table(["prompts", "layers", "gap", "n", "top-1", "KL"], rows), "", *words, ""]
 
 
-def frontier_section(frontier: list[dict], gaps: list[dict] | None = None) -> list[str]:
+def frontier_section(frontier: list[dict], gaps: list[dict] | None = None, overheads: dict | None = None) -> list[str]:
     """The adaptivity frontier: every level under one protocol, led by the ladder's gaps, quality with
     paired intervals against the global and routed plans at the same count, and the measured speed."""
     sizes = sorted({int(k[1:].split("_")[0]) for k in frontier[0] if k.startswith("b") and k.endswith("_speedup")})
@@ -419,6 +422,13 @@ def frontier_section(frontier: list[dict], gaps: list[dict] | None = None) -> li
     out += ["Which level wins where (top-1 agreement, paired over prompts):", "", *_ladder_words(frontier), "",
             "A difference whose interval contains 0 is no measurable difference; a speedup whose interquartile range "
             "contains 1 is within the timing noise.", ""]
+    if overheads:
+        out += [f"What the dynamic mode adds per token (batch 1, cached, layer {overheads['layer_index']}, median of "
+                f"interleaved repeats): filling a skipped layer's keys and values costs {overheads['fill_kv_ms']} ms, "
+                f"{overheads['fill_kv_fraction']:.1%} of running the layer ({overheads['layer_ms']} ms); the gate's "
+                f"check after a layer {overheads['gate_ms']} ms, {overheads['gate_fraction']:.1%}. A token that skips "
+                "n layers and checks the gate after g of them saves, ideally, n × (1 − fill) − g × gate layers; the "
+                "`ideal (decode)` column ignores both costs.", ""]
     return out
 
 
