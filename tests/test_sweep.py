@@ -18,3 +18,16 @@ def test_a_metric_against_a_param_per_experiment():
     rows = experiment_rows(SHOW, "skip.fraction", "validate.json:heldout.routed_top1", "skip.mode")
     assert rows == [{"name": "main", "x": 0.1, "y": 0.7, "by": "hard"}, {"name": "exp-a", "x": 0.2, "y": 0.9, "by": "soft"}]
     assert experiment_rows(SHOW, "skip.alpha", "validate.json:heldout.routed_top1") == []
+
+
+def test_a_stage_run_in_a_copy_of_the_repository_imports_the_copys_code(tmp_path):
+    # DVC runs an experiment's stages in a copy (.dvc/tmp/exps) and hashes the copy's src/; setup.sh's
+    # .pth makes `import ais` find that copy rather than the workspace the package was installed from
+    import subprocess
+    import sys
+
+    (tmp_path / "src/ais").mkdir(parents=True)
+    (tmp_path / "src/ais/__init__.py").write_text("COPY = True\n")
+    found = subprocess.run([sys.executable, "-c", "import ais; print(ais.__file__, getattr(ais, 'COPY', False))"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert found == [str(tmp_path / "src/ais/__init__.py"), "True"]

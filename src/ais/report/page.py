@@ -491,7 +491,7 @@ def model_summary(reports: Path, params: dict) -> dict:
     if lossless:
         dtype = lossless["system_dtype"]
         decoders = lossless["decoders"].get(dtype, {})
-        best = max((n for n in decoders if n not in ("generate", "system")),
+        best = max((n for n in decoders if not n.startswith("generate") and n != "system"),  # the project's own
                    key=lambda n: decoders[n].get("vs_generate_bf16", decoders[n]["vs_generate_same_dtype"])["speedup"])
         pick = lambda v: v.get("vs_generate_bf16", v["vs_generate_same_dtype"])  # noqa: E731
         out["lossless"] = {"system_dtype": dtype,
@@ -531,11 +531,12 @@ def _sizes(sizes: dict | None) -> str:
 def models_section(summaries: list[dict]) -> list[str]:
     """Across model size: the routed − global gap, multiple choice above chance, the acceptance of
     layer-skip drafts, the best lossless speedup and per-token depth, each with its interval."""
-    summaries = sorted(summaries, key=lambda s: (s.get("n_layers") or 0, s["source"]))
+    summaries = sorted(summaries, key=lambda s: (s.get("hidden_size") or 0, s.get("n_layers") or 0, s["source"]))
     rows = [[s["source"], s.get("n_layers"), s.get("hidden_size"), s.get("dtype"), _sizes(s.get("sizes")),
              _cell(s["routed_minus_global_top1"].get("heldout")), _cell(s["routed_minus_global_top1"].get("heldout_task")),
              _plain((s.get("lossless") or {}).get("acceptance", {}).get("routed_skip")),
              _plain((s.get("lossless") or {}).get("acceptance", {}).get("clasp")),
+             _plain((s.get("lossless") or {}).get("system_vs_bf16_generate")),
              f"{(s.get('lossless') or {}).get('best_decoder', '')} {_plain((s.get('lossless') or {}).get('best_vs_bf16_generate'))}",
              _plain(((s.get("depth") or {}).get("operations") or {}).get("continue", {}).get("needed_fraction"))]
             for s in summaries]
@@ -551,8 +552,37 @@ def models_section(summaries: list[dict]) -> list[str]:
             "evaluation sizes to fit the CPU (wider intervals). Acceptance: the share of drafted tokens the full "
             "model kept, mean over test prompts. Depth: the fraction of layers a token needs (`needed / L`) when "
             "continuing a paragraph.", "",
-            _table(["model", "layers", "hidden", "dtype", "run sizes", "routed − global (seen tasks)", "routed − global (unseen tasks)",
-                    "routed draft acceptance", "CLaSp acceptance", "best lossless vs bf16 generate",
+            _table(["model", "layers", "hidden", "dtype", "run sizes", "routed − global (seen tasks)",
+                    "routed − global (unseen tasks)", "routed draft acceptance", "CLaSp acceptance", "lossless system vs bf16 generate",
+                    "best lossless decoder vs bf16 generate",
                     "depth needed (continue)"], rows), "",
+            *_scale_words(summaries), "",
             "Multiple choice, the full model's `acc_norm` [95%] and its distance from chance:", "",
             _table(["model"] + benchmarks, mc_rows), ""]
+
+
+SCALE_MEASURES = (("the routed − global gap (seen tasks)", lambda s: s["routed_minus_global_top1"].get("heldout")),
+                  ("the routed − global gap (unseen tasks)", lambda s: s["routed_minus_global_top1"].get("heldout_task")),
+                  ("the routed draft's acceptance", lambda s: (s.get("lossless") or {}).get("acceptance", {}).get("routed_skip")),
+                  ("CLaSp's acceptance", lambda s: (s.get("lossless") or {}).get("acceptance", {}).get("clasp")),
+                  ("the lossless system's speedup", lambda s: (s.get("lossless") or {}).get("system_vs_bf16_generate")),
+                  ("the depth a continuing token needs (fraction of layers)",
+                   lambda s: ((s.get("depth") or {}).get("operations") or {}).get("continue", {}).get("needed_fraction")))
+
+
+def _scale_words(summaries: list[dict]) -> list[str]:
+    """In words, smallest against largest model: a measure changed with size only where the two 95%
+    intervals lie apart (different prompts and models: not a paired comparison, so this is conservative)."""
+    if len(summaries) < 2:
+        return []
+    small, large = summaries[0], summaries[-1]
+    words = []
+    for label, pick in SCALE_MEASURES:
+        a, b = pick(small), pick(large)
+        if not a or not b:
+            continue
+        apart = a[2] < b[1] or b[2] < a[1]
+        verdict = ((("higher" if b[0] > a[0] else "lower") + f" in {large['source']}: the intervals lie apart") if apart
+                   else "no measurable change with size: the intervals overlap")
+        words.append(f"- {label}: {small['source']} {_plain(a)}, {large['source']} {_plain(b)}; {verdict}.")
+    return ["From the smallest to the largest model (by hidden size):", "", *words] if words else []
