@@ -1,6 +1,6 @@
 """Stage `report`: reports/README.md, the headline tables generated from the metrics, and this model's
-summary (reports/summary.json), beside the other models' summaries kept in reports/models/."""
-import json
+summary (reports/summary.json), beside the other models' runs kept in reports/models/ (their reports
+and params, summarised here by the same code)."""
 from pathlib import Path
 
 from ais.files import write_json, write_text
@@ -10,7 +10,8 @@ from ais.report.page import build_report, model_summary
 if __name__ == "__main__":
     params = load_params()
     summary = model_summary(Path("reports"), params)
-    others = [json.loads(p.read_text()) for p in sorted(Path("reports/models").glob("*/summary.json"))
+    # each other model's kept reports, summarised by this code with the params that run used
+    others = [model_summary(p.parent, load_params(p)) for p in sorted(Path("reports/models").glob("*/params.yaml"))
               if p.parent.name != summary["source"]]
     write_json("reports/summary.json", summary)
     write_text("reports/README.md", build_report(Path("reports"), params, others))

@@ -4,9 +4,10 @@ cache outside the workspace), then keep that run's reports in reports/models/<so
 `report` stage reads for its comparison across model size.
 
     python -m ais.report.models qwen2.5-coder-0.5b [-S key=value ...]
+    python -m ais.report.models qwen2.5-coder-0.5b --keep-only     # keep an experiment already run
 
-The copy's reports are taken from the experiment's own commit (`git archive`), so what lands in
-reports/models/ is exactly what the pipeline wrote; then `dvc repro report` updates the page."""
+The copy's reports and params.yaml are taken from the experiment's own commit (`git archive`), so
+what lands in reports/models/ is exactly what the pipeline wrote and ran with; then `dvc repro report` updates the page."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ais.files import atomic_dir
 
-REPORTS, MODELS = "reports", "reports/models"
+REPORTS, MODELS, PARAMS = "reports", "reports/models", "params.yaml"
 
 
 def experiment_ref(name: str) -> str:
@@ -32,14 +33,17 @@ def experiment_ref(name: str) -> str:
 
 
 def keep_reports(ref: str, source: str, root: Path = Path(".")) -> Path:
-    """Write the experiment's reports/ (without reports/models/) into reports/models/<source>/, atomically."""
-    archive = subprocess.run(["git", "archive", "--format=tar", ref, REPORTS], capture_output=True, check=True,
+    """Write the experiment's reports/ (without reports/models/) and the params.yaml it ran with into
+    reports/models/<source>/, atomically (the `report` stage summarises them with its own code)."""
+    archive = subprocess.run(["git", "archive", "--format=tar", ref, REPORTS, PARAMS], capture_output=True, check=True,
                              cwd=root).stdout
     target = root / MODELS / source
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar, atomic_dir(target) as tmp:
         for member in tar.getmembers():
-            relative = Path(member.name).relative_to(REPORTS)
-            if not member.isfile() or relative.parts[0] == "models":
+            if not member.isfile():
+                continue
+            relative = Path(member.name) if member.name == PARAMS else Path(member.name).relative_to(REPORTS)
+            if relative.parts[0] == "models":
                 continue
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
             (tmp / relative).write_bytes(tar.extractfile(member).read())
@@ -50,8 +54,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ais.report.models", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a model.source (e.g. qwen2.5-coder-0.5b)")
     parser.add_argument("-S", "--set-param", action="append", default=[], help="more params for the run (key=value)")
+    parser.add_argument("--keep-only", action="store_true",
+                        help="do not run: keep the reports of the newest experiment already run for this source")
     args = parser.parse_args(argv)
     name = "model-" + args.source.replace("/", "-").replace(".", "_")
+    if args.keep_only:
+        print(f"{args.source}: kept {keep_reports(experiment_ref(name), args.source)}")
+        return 0
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-f", "-n", name, "-S", f"model.source={args.source}"]
     for value in args.set_param:
         command += ["-S", value]
