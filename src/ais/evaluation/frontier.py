@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from ais.decoding.dynamic import NEVER, DepthGate, dynamic_generate, fill_kv, forced_logits
 from ais.decoding.greedy import continue_with_plans, generate_after_full_prefill, plain_generate
 from ais.decoding.routed import RoutedDecoder
-from ais.decoding.speculative import recording_states, truncate_cache
+from ais.decoding.speculative import prefill, recording_states, truncate_cache
 from ais.evaluation.importance import layer_groups
 from ais.evaluation.quality import compare_logprobs, decode_logprobs, make_reference
 from ais.evaluation.statistics import mean_interval, paired_difference
@@ -308,10 +308,6 @@ def request_calls(decoder: RoutedDecoder, counts: list[int], gates: dict[int, De
     return calls
 
 
-def _rotating(prompts: list[str], size: int, repeat: int) -> list[str]:
-    return [prompts[(repeat * size + j) % len(prompts)] for j in range(size)]
-
-
 def measure_speed(decoder: RoutedDecoder, tokenizer, prompts: list[str], calls: dict[tuple, callable],
                   batch_sizes: list[int], new_tokens: int, warmup: int, repeats: int, seed: int) -> dict[tuple, dict]:
     """{(method, n, batch size): median seconds, IQR, tokens/s and the paired speedup over the full
@@ -413,13 +409,12 @@ def dynamic_overheads(model, tokenizer, prompt: str, layer_index: int, warmup: i
     position after `prompt` (batch 1, cached): filling a skipped layer's keys and values, and the gate
     (the cosine similarity of the layer's input and output). Medians of interleaved repeats; the cache
     is cut back to the prompt after every call."""
-    batch = encode_prompts(tokenizer, [prompt], model.device)
+    ids = encode_prompts(tokenizer, [prompt], model.device)["input_ids"][0].tolist()
     cache = DynamicCache(config=model.config)
-    first = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
-    length = cache.get_seq_length()
-    x = model.model.embed_tokens(first[:, None])
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], 1)
-    ctx = layer_kwargs(model, x, cache, mask)
+    first = prefill(model, ids, cache)
+    length = len(ids)
+    x = model.model.embed_tokens(torch.tensor([[first]], device=model.device))
+    ctx = layer_kwargs(model, x, cache, torch.ones((1, length + 1), dtype=torch.long, device=model.device))
     layer = decoder_layers(model)[layer_index]
     out = layer(x, **ctx)
     truncate_cache(cache, length)
