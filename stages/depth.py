@@ -7,6 +7,7 @@ from tqdm import tqdm
 from ais.evaluation.depth import (FLEXIDEPTH, FLEXIDEPTH_LAYERS, first_sentences, greedy_continuations,
                                   operation_prompts, orderings, summarise_depths, token_depths)
 from ais.files import write_csv, write_json
+from ais.model.engine import Engine
 from ais.model.loading import load_model
 from ais.params import get, load_params
 from ais.report.plots import plot_depth
@@ -15,6 +16,7 @@ from ais.routing.corpus import fetch_bigbench, prompts_by_category, read_corpus,
 if __name__ == "__main__":
     params = load_params()
     model, tokenizer = load_model("data/model", get(params, "model.dtype"), get(params, "model.device"))
+    engine = Engine(model)
     n_layers, n_new, seed = model.config.num_hidden_layers, get(params, "depth.max_new_tokens"), get(params, "depth.seed")
     archive = get(params, "corpus.archive")
     task = get(params, "depth.paragraphs")
@@ -26,11 +28,11 @@ if __name__ == "__main__":
     items = [(kind, group, i, prompt) for kind, by_group in groups.items() for group, prompts in by_group.items()
              for i, prompt in enumerate(prompts)]
     print(f"depth: {len(items)} greedy continuations of {n_new} tokens", flush=True)
-    continuations = greedy_continuations(model, tokenizer, [p for *_, p in items], n_new)
+    continuations = greedy_continuations(engine, tokenizer, [p for *_, p in items], n_new)
     per_item = {kind: {} for kind in groups}
     rows = []
     for (kind, group, i, _), (ids, continuation) in tqdm(list(zip(items, continuations)), desc="depth", unit="prompt"):
-        depths = token_depths(model, ids, continuation)
+        depths = token_depths(engine, ids, continuation)
         per_item[kind].setdefault(group, []).append(depths)
         rows += [{"kind": kind, "group": group, "item": i, "token": t, "text": tokenizer.decode([token]),
                   **{k: int(v[t]) for k, v in depths.items()}} for t, token in enumerate(continuation)]

@@ -6,11 +6,12 @@ import numpy as np
 
 from ais.evaluation.importance import METHODS, measure
 from ais.files import save_npz, write_csv, write_json
+from ais.model.engine import Engine
 from ais.model.loading import load_model
 from ais.params import get, load_params
 from ais.report.plots import plot_importance
 from ais.routing.corpus import prompts_by_category, read_corpus
-from ais.routing.plans import minmax_per_category
+from ais.routing.budget import minmax_per_category
 from ais.routing.embedding import resolve_pivot
 
 if __name__ == "__main__":
@@ -19,7 +20,7 @@ if __name__ == "__main__":
     model, tokenizer = load_model("data/model", get(params, "model.dtype"), get(params, "model.device"))
     n_layers = model.config.num_hidden_layers
     by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "importance")
-    raw = measure(model, tokenizer, by_category, get(params, "importance.n_continuation"), get(params, "importance.n_groups"),
+    raw = measure(Engine(model), tokenizer, by_category, get(params, "importance.n_continuation"), get(params, "importance.n_groups"),
                   method, resolve_pivot(get(params, "router.pivot_layer"), n_layers), get(params, "importance.greedy_layers"))
     measured = [m for m in METHODS if np.isfinite(raw[m]).any()]
     normalised = {m: minmax_per_category(raw[m]) for m in measured}

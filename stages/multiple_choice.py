@@ -12,7 +12,8 @@ if __name__ == "__main__":
     system = load()
     params = system.params
     names = get(params, "multiple_choice.benchmarks")
-    conditions, routes = skip_conditions(system.decoder, system.tokenizer, get(params, "validate.seed"))
+    conditions, routes = skip_conditions(system.decoder, system.tokenizer, get(params, "validate.seed"),
+                                         get(params, "multiple_choice.methods"))
     metrics, questions = evaluate(system.model, system.tokenizer, DATA, names, conditions, routes,
                                   batch_size=get(params, "multiple_choice.batch_size"),
                                   seed=get(params, "multiple_choice.seed"))

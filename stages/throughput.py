@@ -1,14 +1,20 @@
-"""Stage `throughput`: requests/s (prefill) and tokens/s (greedy generation), full model vs the
-routed plan in `skip.mode` in the same run, router cost included."""
+"""Stage `throughput`: mixed traffic (rows of different categories, each with its own plan, one
+batch): requests/s of the prefill and tokens/s of generation for the full model, the routed plan in
+`skip.mode` (router included), the global plan at the same layer count and the prompt's own plan,
+in the same run; and whether each row of a mixed batch generates what the request generates alone."""
 from pathlib import Path
 
 import torch
 
 from ais.api import load
-from ais.evaluation.throughput import generation_benchmark, prefill_benchmark
+from ais.evaluation.throughput import generation_benchmark, mixed_batch_exactness, prefill_benchmark
 from ais.files import write_csv, write_json
 from ais.params import get
 from ais.routing.corpus import mixed_prompts, prompts_by_category, read_corpus
+
+KEPT = ("full_tok_per_s", "routed_tok_per_s", "global_tok_per_s", "prompt_tok_per_s", "speedup_routed",
+        "speedup_global", "speedup_prompt", "routed_over_global", "prompt_over_global", "ideal_speedup",
+        "categories_in_batch", "plans_in_batch", "layers")
 
 if __name__ == "__main__":
     system = load()
@@ -16,26 +22,35 @@ if __name__ == "__main__":
     by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "heldout")
     prompts, _ = mixed_prompts(by_category, sum(len(p) for p in by_category.values()))  # categories interleaved
     warmup, repeats = get(params, "throughput.warmup"), get(params, "throughput.repeats")
-    prefill = prefill_benchmark(system.decoder, system.tokenizer, prompts,
-                                get(params, "throughput.batch_sizes"), warmup, repeats)
-    generation = generation_benchmark(system.decoder, system.tokenizer, prompts,
-                                      get(params, "throughput.generate_batch_sizes"),
-                                      get(params, "throughput.new_tokens"), warmup,
+    new_tokens, sizes = get(params, "throughput.new_tokens"), get(params, "throughput.generate_batch_sizes")
+    prefill = prefill_benchmark(system.decoder, system.tokenizer, prompts, get(params, "throughput.batch_sizes"),
+                                warmup, repeats)
+    generation = generation_benchmark(system.decoder, system.tokenizer, prompts, sizes, new_tokens, warmup,
                                       get(params, "throughput.generate_repeats"))
-    write_csv("reports/throughput_prefill.csv", prefill)
-    write_csv("reports/throughput_generate.csv", generation)
+    exactness = mixed_batch_exactness(system.decoder, system.tokenizer, prompts, [s for s in sizes if s > 1], new_tokens)
+    write_csv("reports/throughput_prefill.csv", [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in prefill])
+    write_csv("reports/throughput_generate.csv", [{k: v for k, v in r.items() if not isinstance(v, dict)}
+                                                  for r in generation])
     write_json("reports/throughput.json", {
-        "mode": system.decoder.settings.mode, "device": str(system.model.device), "dtype": str(system.model.dtype), "threads": torch.get_num_threads(),
-        "batches": "held-out prompts of all categories, one category after another", "repeats": repeats,
+        "mode": system.decoder.settings.mode, "plan": system.decoder.settings.plan, "device": str(system.model.device),
+        "dtype": str(system.model.dtype), "threads": torch.get_num_threads(),
+        "batches": "held-out prompts of seen tasks, categories interleaved (every row of a batch its own category "
+                   "up to 9 rows)", "repeats": repeats, "generate_repeats": get(params, "throughput.generate_repeats"),
         "warmup": warmup,
-        "prefill": {f"B{r['batch_size']}": {k: r[k] for k in ("full_req_per_s", "routed_req_per_s", "speedup_routed",
-                                                               "speedup_static_plan", "ideal_speedup",
-                                                               "router_fraction_of_full")} for r in prefill},
-        "generate": {f"B{r['batch_size']}": {k: r[k] for k in ("full_tok_per_s", "routed_tok_per_s", "speedup_routed",
-                                                                "ideal_speedup")} for r in generation},
+        "prefill": {f"B{r['batch_size']}": {k: r[k] for k in ("full_req_per_s", "routed_req_per_s", "global_req_per_s",
+                                                               "speedup_routed", "speedup_global", "routed_over_global",
+                                                               "ideal_speedup", "router_fraction_of_full", "padding_share",
+                                                               "real_tokens", "full_real_tok_per_s")} for r in prefill},
+        "generate": {f"B{r['batch_size']}": {k: r[k] for k in KEPT} for r in generation},
+        "mixed_batch_exactness": exactness,
+        "mixed_batch_identical_share": round(sum(e["identical_share"] * e["rows"] for e in exactness.values())
+                                             / max(1, sum(e["rows"] for e in exactness.values())), 4),
     })
     for r in prefill:
-        print(f"prefill B={r['batch_size']}: {r['full_req_per_s']} -> {r['routed_req_per_s']} req/s "
-              f"(x{r['speedup_routed']}, static plan x{r['speedup_static_plan']}, ideal x{r['ideal_speedup']})")
+        print(f"prefill B={r['batch_size']}: full {r['full_req_per_s']}, routed {r['routed_req_per_s']}, global "
+              f"{r['global_req_per_s']} req/s (routed/global x{r['routed_over_global']['median']})")
     for r in generation:
-        print(f"generate B={r['batch_size']}: {r['full_tok_per_s']} -> {r['routed_tok_per_s']} tok/s (x{r['speedup_routed']})")
+        print(f"generate B={r['batch_size']}: full {r['full_tok_per_s']}, routed {r['routed_tok_per_s']}, global "
+              f"{r['global_tok_per_s']}, prompt {r['prompt_tok_per_s']} tok/s; routed/global "
+              f"x{r['routed_over_global']['median']} [{r['routed_over_global']['q1']}, {r['routed_over_global']['q3']}]")
+    print("mixed batch = alone: " + ", ".join(f"{k} {v['identical_share']}" for k, v in exactness.items()))

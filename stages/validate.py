@@ -16,8 +16,10 @@ if __name__ == "__main__":
     n = get(params, "validate.n_per_category")
     corpus = read_corpus(Path("data/corpus.jsonl"))
     by_split = {split: prompts_by_category(corpus, split, n) for split in SPLITS}
+    calibration = prompts_by_category(corpus, "importance")  # for methods that calibrate (never evaluated)
     metrics, per_category, per_prompt = validate(system.decoder, system.tokenizer, by_split,
-                                                 get(params, "validate.n_continuation"), get(params, "validate.seed"))
+                                                 get(params, "validate.methods"), get(params, "validate.n_continuation"),
+                                                 get(params, "validate.seed"), calibration)
     write_json("reports/validate.json", metrics)
     write_csv("reports/validate_per_category.csv", per_category)
     write_csv("reports/validate_prompts.csv", per_prompt)

@@ -4,12 +4,6 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ais.decoding.routed import RoutedDecoder
-from ais.model.prompts import encode_prompts
-from ais.routing.embedding import router_embedding
-from ais.routing.plans import SkipSettings
-from ais.routing.topomap import TopoMap
-
 
 def tiny_llama(n_layers=6, hidden=32, dtype=torch.float32, seed=0, vocab=97):
     """A random Llama small enough to run in milliseconds; deterministic for a seed."""
@@ -137,11 +131,15 @@ def write_fake_bigbench(path, tasks: dict):
     return path
 
 
-def tiny_routed_decoder(model, tok, contexts, labels, plan="category", scores=False, k=1):
+def tiny_routed_decoder(model, tok, contexts, labels, plan="category", scores=False, k=1, mode="hard"):
     """A map whose entries are the contexts' own router embeddings (pivot 2), so each context routes
     to its label; category a skips layer 4, b layer 3 (hard). With `scores` the map also holds each
     entry's own layer scores (block influence), which the neighbours plan reads."""
-    from ais.routing.embedding import embed_and_score
+    from ais.decoding.routed import RoutedDecoder
+    from ais.model.prompts import encode_prompts
+    from ais.routing.embedding import embed_and_score, router_embedding
+    from ais.routing.budget import SkipSettings
+    from ais.routing.topomap import TopoMap
 
     vectors = router_embedding(model, encode_prompts(tok, contexts, "cpu"), 2).double().numpy()
     prompt_scores = embed_and_score(model, tok, contexts, 2, progress=False)[1] if scores else None
@@ -150,4 +148,4 @@ def tiny_routed_decoder(model, tok, contexts, labels, plan="category", scores=Fa
     importance = np.array([[1, .9, .8, .5, .1, .7], [1, .9, .8, .2, .6, .7]])
     topo = TopoMap(vectors, np.array(labels), ["a", "b"], identity, importance=importance,
                    global_importance=np.array([1, .9, .8, .3, .4, .7]), prompt_scores=prompt_scores)
-    return RoutedDecoder(model, topo, SkipSettings(mode="hard", plan=plan, fraction=1 / 6, alpha=0.6), k=k)
+    return RoutedDecoder(model, topo, SkipSettings(mode=mode, plan=plan, fraction=1 / 6, alpha=0.6), k=k)

@@ -16,7 +16,7 @@ from ais.files import atomic_dir, atomic_file, write_text
 from ais.model.prompts import PromptError, check_prompt, encode_prompts
 from ais.model.loading import ModelError, load_model
 from ais.params import SCHEMA, ParamsError, check_params, get, load_params
-from ais.routing.plans import SkipSettings, n_layers_to_skip
+from ais.routing.budget import SkipSettings, n_layers_to_skip
 from ais.routing.topomap import TopoMap
 from conftest import tiny_llama, tiny_tokenizer
 
@@ -32,13 +32,33 @@ GOOD_SKIP = {"mode": "hard", "plan": "category", "alpha": 0.7, "select": "fracti
     ("fraction", -0.1, "`skip.fraction` is -0.1; it must be >= 0"),
     ("fraction", "half", "`skip.fraction` is 'half' (str); it must be float"),
     ("mode", "medium", "`skip.mode` is 'medium'; it must be one of hard, soft"),
-    ("plan", "token", "`skip.plan` is 'token'; it must be one of global, category, neighbours, prompt"),
     ("select", "top", "`skip.select` is 'top'; it must be one of fraction, threshold"),
     ("critical", True, "`skip.critical` is True (bool); it must be float"),
 ])
 def test_bad_skip_params(key, value, message):
+    settings = SkipSettings.from_params({"skip": {**GOOD_SKIP, key: value}})
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        SkipSettings.from_params({"skip": {**GOOD_SKIP, key: value}})
+        getattr(settings, key)  # each key is checked when it is read
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        check_params({**load_params("params.yaml"), "skip": {**GOOD_SKIP, key: value}})
+
+
+def test_method_names_and_the_model_source_are_checked_before_any_stage_runs(tmp_path):
+    from ais.methods import check_names
+    from ais.model.loading import source_problem
+
+    params = load_params("params.yaml")
+    assert check_names(params) == []
+    bad = {**params, "skip": {**params["skip"], "plan": "token"}, "validate": {**params["validate"], "methods": ["oracle", "x"]}}
+    problems = check_names(bad)
+    assert len(problems) == 2 and "`skip.plan` names 'token', which is not a deployable method" in problems[0]
+    assert "`validate.methods` names 'x'" in problems[1]
+    assert "deployable" in check_names({**params, "skip": {**params["skip"], "plan": "oracle"}})[0]  # a control
+    assert source_problem("embedded") is None and source_problem("qwen2.5-coder-0.5b") is None
+    assert source_problem("meta-llama/Llama-3.2-1B-Instruct") is None  # a hub id: the model stage tells
+    assert source_problem(str(tmp_path)) is None
+    assert "does not exist" in source_problem("/nonexistent")
+    assert "neither" in source_problem("no such thing")
 
 
 def test_missing_param_and_bad_yaml(tmp_path):
@@ -199,8 +219,9 @@ def test_stage_with_bad_param_prints_one_clear_line_and_writes_nothing(tmp_path)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["skip"]["alpha"] = 1.5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, str(repo / "stages/validate.py")], cwd=tmp_path,
+    result = subprocess.run([sys.executable, str(repo / "stages/check_params.py")], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: `skip.alpha` is 1.5; it must be < 1"
+    assert result.stderr.startswith("error: `skip.alpha` is 1.5; it must be < 1. params.yaml still holds")
+    assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

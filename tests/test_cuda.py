@@ -3,11 +3,12 @@ where no CUDA device exists; run them on a GPU machine with `pytest tests/test_c
 import pytest
 import torch
 
-from ais.decoding.dynamic import NEVER, DepthGate, dynamic_generate
-from ais.decoding.greedy import generate_ids, next_token_logits, plain_generate
+from ais.model.plan import NEVER, DepthGate
+from ais.decoding.greedy import decode, generate, prefill
 from ais.decoding.speculative import ClaspDraft, NoDraft, PromptLookup, RoutedDraft, speculative_generate
 from ais.device import pick_device, pick_dtype, synchronize
-from ais.model.gating import NO_SKIP, SkipPlan
+from ais.model.engine import Engine
+from ais.model.plan import SkipPlan
 from ais.model.prompts import encode_prompts
 from conftest import FAMILIES, left_padded, tiny_model, tiny_routed_decoder, tiny_tokenizer
 
@@ -28,26 +29,31 @@ def test_auto_picks_cuda_and_bfloat16():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plans_caches_and_decoders_on_cuda(family):
     model = tiny_model(family, dtype=torch.float32, seed=2).cuda()
-    batch = on_cuda(left_padded(ROWS))
+    engine, batch = Engine(model), on_cuda(left_padded(ROWS))
+    pos = (batch["attention_mask"].cumsum(-1) - 1).masked_fill(batch["attention_mask"] == 0, 1)
     with torch.inference_mode():
-        reference = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
-    assert torch.equal(next_token_logits(model, batch, NO_SKIP), reference)
-    for plan in (SkipPlan.make(hard=[2, 4]), SkipPlan.make(soft={3: 0.5})):
-        assert torch.equal(generate_ids(model, batch, plan, 8, use_cache=True), generate_ids(model, batch, plan, 8, use_cache=False))
-    greedy = plain_generate(model, on_cuda(left_padded([ROWS[0]])), 12)[0].tolist()
+        reference = model(**batch, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
+    assert torch.equal(prefill(engine, batch)[1], reference)
+    mixed = [SkipPlan.make(hard=[2, 4]), SkipPlan.make(soft={3: 0.5}), SkipPlan.make(attention=[2], mlp=[5])]
+    together = generate(engine, batch, 8, mixed)
+    for i, (row, plan) in enumerate(zip(ROWS, mixed)):
+        assert torch.equal(together[i], generate(engine, on_cuda(left_padded([row])), 8, [plan])[0])
+    greedy = generate(engine, on_cuda(left_padded([ROWS[0]])), 12)[0].tolist()
     for drafter in (NoDraft(), PromptLookup(2), RoutedDraft(SkipPlan.make(hard=[3, 4]), 0.3), ClaspDraft(2, [2, 3, 4, 5], 0.3)):
-        assert speculative_generate(model, ROWS[0], 12, drafter, gamma=4)[0] == greedy, drafter.name
-    assert torch.equal(dynamic_generate(model, batch, 8, NEVER)[0], plain_generate(model, batch, 8))
-    ids, depth = dynamic_generate(model, batch, 8, DepthGate(0.5, 2))
+        assert speculative_generate(engine, ROWS[0], 12, drafter, gamma=4)[0] == greedy, drafter.name
+    flight, logits = prefill(engine, batch)
+    assert torch.equal(decode(flight, logits.argmax(-1), 8, gate=NEVER)[0], generate(engine, batch, 8))
+    flight, logits = prefill(engine, batch)
+    ids, depth = decode(flight, logits.argmax(-1), 8, gate=DepthGate(0.5, 2))
     assert ids.is_cuda and depth.is_cuda
 
 
 def test_routed_decoder_on_cuda():
-    model, tok = tiny_model("llama", dtype=torch.float32, seed=5).cuda(), tiny_tokenizer()
+    model, tok = tiny_model("llama", dtype=torch.float32, seed=5), tiny_tokenizer()
     contexts = ["what is the capital of france", "write a story", "sum two plus two", "write code"]
-    decoder = tiny_routed_decoder(model.cpu(), tok, contexts, [0, 1, 0, 1])
-    decoder.model = model.cuda()
+    decoder = tiny_routed_decoder(model, tok, contexts, [0, 1, 0, 1])
+    model.cuda()
     batch = encode_prompts(tok, contexts, "cuda")
-    out, routes = decoder.generate(batch, 6)
+    out, routes, _ = decoder.generate(batch, 6)
     for i, route in enumerate(routes):
-        assert torch.equal(out[i], generate_ids(model, {k: v[i:i + 1] for k, v in batch.items()}, route.plan, 6)[0])
+        assert torch.equal(out[i], generate(Engine(model), encode_prompts(tok, [contexts[i]], "cuda"), 6, [route.plan])[0])

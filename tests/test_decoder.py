@@ -1,85 +1,81 @@
-"""The routed decoder: router work is reused, and each row runs exactly its routed plan."""
+"""The routed decoder: router work is reused, and each row of a batch runs exactly its routed plan,
+in one pass (no sub-batches per plan)."""
 import numpy as np
 import pytest
 import torch
 
-from ais.decoding.greedy import generate_ids, next_token_logits, plain_generate
+from ais.decoding.greedy import generate
 from ais.decoding.routed import RoutedDecoder
-from ais.model.gating import SkipPlan
+from ais.model.engine import Engine
+from ais.model.plan import SkipPlan
 from ais.routing.embedding import router_embedding
-from ais.routing.plans import SkipSettings
+from ais.routing.budget import SkipSettings
 from ais.routing.topomap import MapError, TopoMap
-from conftest import left_padded, tiny_llama
+from conftest import left_padded
 
 ROWS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 8, 8, 61, 3, 12, 40, 42], [1, 11, 13]]
 IMPORTANCE = np.array([[1, .9, .8, .5, .1, .7], [1, .9, .8, .2, .6, .7]])  # a skips layer 4, b layer 3
 
 
-def decoder_for(model, labels, mode="hard", fraction=1 / 6):
+def decoder_for(model, labels, mode="hard", fraction=1 / 6, plan="category"):
     """A map whose entries are the rows' own router embeddings (pivot 2), labelled `labels`."""
     vectors = router_embedding(model, left_padded(ROWS), 2).double().numpy()
     identity = {"model_type": "llama", "n_layers": 6, "hidden_size": 32, "vocab_size": 97,
                 "pivot_layer": 2, "pooling": "last"}
-    topo = TopoMap(vectors, np.array(labels), ["a", "b"], identity, importance=IMPORTANCE)
-    return RoutedDecoder(model, topo, SkipSettings(mode=mode, fraction=fraction, alpha=0.6), k=1)
+    topo = TopoMap(vectors, np.array(labels), ["a", "b"], identity, importance=IMPORTANCE,
+                   global_importance=np.array([1, .9, .8, .3, .4, .7]))
+    return RoutedDecoder(model, topo, SkipSettings(mode=mode, plan=plan, fraction=fraction, alpha=0.6), k=1)
 
 
 def test_routes_follow_the_map_and_plans_follow_importance(tiny64):
     routed = decoder_for(tiny64, [0, 1, 0, 1])
-    _, routes = routed.next_token_logits(left_padded(ROWS))
+    _, _, routes = routed.prefill(left_padded(ROWS))
     assert [r.category for r in routes] == ["a", "b", "a", "b"]
     assert [r.plan for r in routes] == [SkipPlan.make(hard=[4]), SkipPlan.make(hard=[3])] * 2
     assert all(r.neighbours[0] == i and r.similarities[0] == pytest.approx(1, abs=1e-4) for i, r in enumerate(routes))
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])
-def test_routed_logits_equal_plain_forward_under_each_rows_plan(tiny64, mode):
+def test_routed_generation_is_each_rows_plan_alone(tiny64, mode):
     routed = decoder_for(tiny64, [0, 1, 0, 1], mode=mode)
     batch = left_padded(ROWS)
-    logits, routes = routed.next_token_logits(batch)
+    new, routes, _ = routed.generate(batch, max_new_tokens=7)
+    engine = Engine(tiny64)
     for i, route in enumerate(routes):
-        reference = next_token_logits(tiny64, batch, route.plan)[i]
-        torch.testing.assert_close(logits[i], reference, rtol=1e-6, atol=1e-7)
+        assert torch.equal(new[i], generate(engine, left_padded([ROWS[i]]), 7, [route.plan])[0])
+    assert torch.equal(new, generate(engine, batch, 7, [r.plan for r in routes]))
 
 
-def test_single_plan_batch_is_bit_identical_to_plain_forward(tiny):
-    routed = decoder_for(tiny, [0, 0, 0, 0])
-    batch = left_padded(ROWS)
-    logits, routes = routed.next_token_logits(batch)
-    assert torch.equal(logits, next_token_logits(tiny, batch, routes[0].plan))
-
-
-def test_router_layers_run_once(tiny):
+def test_a_mixed_batch_runs_in_one_pass(tiny):
+    """Rows with different plans share every layer call: no layer runs more than once per forward."""
     routed = decoder_for(tiny, [0, 1, 0, 1])
     calls = []
-    for idx, layer in enumerate(tiny.model.layers):  # the MLP runs only when the layer really runs
-        layer.mlp.register_forward_hook(lambda m, a, o, idx=idx: calls.append(idx))
-    routed.next_token_logits(left_padded(ROWS))
-    assert calls.count(0) == 1 and calls.count(1) == 1      # below the pivot: once for the batch
-    assert calls.count(4) == 1 and calls.count(3) == 1      # each skipped by one of the two groups
+    for idx, layer in enumerate(tiny.model.layers):
+        layer.mlp.register_forward_hook(lambda m, a, o, idx=idx: calls.append((idx, a[0].shape[0])))
+    routed.prefill(left_padded(ROWS))
+    assert [i for i, _ in calls] == [0, 1, 2, 3, 4, 5]     # the router's layers once, then each layer once
+    assert dict(calls)[3] == 2 and dict(calls)[4] == 2 and dict(calls)[2] == 4  # rows of b skip 3, rows of a skip 4
 
 
-def test_routed_generation_equals_plain_generation_under_the_plan(tiny64):
-    routed = decoder_for(tiny64, [0, 1, 0, 1])
+def test_the_prompt_plan_prefills_every_layer_then_skips_while_generating(tiny64):
+    routed = decoder_for(tiny64, [0, 1, 0, 1], plan="prompt", fraction=2 / 6)
     batch = left_padded(ROWS)
-    new, routes = routed.generate(batch, max_new_tokens=7)
-    for i, route in enumerate(routes):
-        single = left_padded([ROWS[i]])
-        assert torch.equal(new[i], plain_generate(tiny64, single, 7, route.plan)[0])
-        assert torch.equal(new[i], generate_ids(tiny64, single, route.plan, 7, eos_token_id=-1)[0])
-
-
-def test_plain_loop_matches_transformers_generate(tiny64):
-    batch = left_padded(ROWS)
-    for plan in (SkipPlan(), SkipPlan.make(hard=[2, 5])):
-        assert torch.equal(plain_generate(tiny64, batch, 9, plan), generate_ids(tiny64, batch, plan, 9, eos_token_id=-1))
+    flight, logits, routes = routed.prefill(batch)
+    engine = Engine(tiny64)
+    with torch.inference_mode():
+        full = engine.last_logits(engine.forward(batch["input_ids"], batch["attention_mask"]))
+    assert torch.equal(logits, full)  # the prefill is the full model's
+    assert all(r.scores is not None and len(r.plan.layers) == 2 for r in routes)
+    new, routes, _ = routed.generate(batch, 6)
+    expected = generate(engine, batch, 6, None, [r.plan for r in routes])
+    assert torch.equal(new, expected)
 
 
 def test_generation_stops_rows_at_eos(tiny64):
-    batch = left_padded(ROWS)
-    free = plain_generate(tiny64, batch, 8)[0].tolist()
+    engine, batch = Engine(tiny64), left_padded(ROWS)
+    free = generate(engine, batch, 8)[0].tolist()
     pos = next(j for j in range(1, 7) if free[j] not in free[:j] and free[j] != 0)
-    stopped = plain_generate(tiny64, batch, 8, eos_token_id=free[pos])
+    stopped = generate(engine, batch, 8, eos_token_id=free[pos])
     assert stopped[0, :pos + 1].tolist() == free[:pos + 1] and (stopped[0, pos + 1:] == 0).all()
 
 
@@ -121,8 +117,8 @@ def test_route_prompts_runs_the_router_in_batches_of_batch_size(tiny):
 def test_mode_full_routes_but_skips_nothing_and_soft_blends(tiny64):
     routed = decoder_for(tiny64, [0, 1, 0, 1])
     batch = left_padded(ROWS)
-    full, routes = routed.generate(batch, 6, mode="full")
+    full, routes, _ = routed.generate(batch, 6, mode="full")
     assert [r.category for r in routes] == ["a", "b", "a", "b"] and all(r.plan == SkipPlan() for r in routes)
-    assert torch.equal(full, generate_ids(tiny64, batch, SkipPlan(), 6, eos_token_id=-1))
-    _, soft = routed.next_token_logits(batch, mode="soft")
+    assert torch.equal(full, generate(Engine(tiny64), batch, 6))
+    _, _, soft = routed.prefill(batch, mode="soft")
     assert [r.plan for r in soft] == [SkipPlan.soft_of([4], 0.6), SkipPlan.soft_of([3], 0.6)] * 2

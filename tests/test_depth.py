@@ -3,12 +3,17 @@ both depth definitions on models whose last layers are exact identities (a known
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
 
-from ais.decoding.speculative import recording_states
 from ais.evaluation.depth import (first_sentences, logits_with_skips, operation_prompts, orderings, saturation_depth,
                                   summarise_depths, token_depths)
+from ais.model.engine import Engine, Record
 from conftest import identities, tiny_llama
+
+
+def recorded_states(model, sequence):
+    record = Record(states=True)
+    Engine(model).forward(torch.tensor([sequence]), record=record)
+    return record.kept_states
 
 PROMPT = [1, 5, 9, 14, 22, 7, 30, 3]
 
@@ -39,18 +44,20 @@ def _direct_logits(model, sequence, position, skipped):
 @torch.inference_mode()
 def test_rows_skip_their_own_layers_against_a_direct_computation():
     model = tiny_llama(dtype=torch.float64, seed=2)
+    engine = Engine(model)
     sequence = PROMPT + _continuation(model)
     positions = list(range(len(PROMPT) - 1, len(sequence)))
-    cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([sequence[:-1]]), past_key_values=cache, use_cache=True)
-    cache.batch_repeat_interleave(len(positions))
+    ids = torch.tensor([sequence[:-1]])
+    flight = engine.start(torch.ones_like(ids))
+    flight.step(ids, logits=False)
+    flight.repeat_rows(len(positions))
     rng = np.random.default_rng(0)
-    skip = torch.tensor(rng.random((len(positions), 6)) < 0.4)
-    skip[0] = False
-    logits = logits_with_skips(model, cache, torch.tensor(sequence)[positions], positions, skip)
-    assert cache.get_seq_length() == len(sequence) - 1  # left as it was
+    skip = [[i for i in range(1, 6) if rng.random() < 0.4] for _ in positions]
+    skip[0] = []
+    logits = logits_with_skips(engine, flight, torch.tensor(sequence)[positions], positions, skip)
+    assert flight.cache.length(0) == len(sequence) - 1 == flight.length  # left as it was
     for r, q in enumerate(positions):
-        direct = _direct_logits(model, sequence, q, torch.nonzero(skip[r]).flatten().tolist())
+        direct = _direct_logits(model, sequence, q, skip[r])
         torch.testing.assert_close(logits[r], direct, rtol=1e-9, atol=1e-9)
     full = model(input_ids=torch.tensor([sequence])).logits[0, positions[0]]
     torch.testing.assert_close(logits[0], full, rtol=1e-9, atol=1e-9)  # no skip: the full model
@@ -60,27 +67,25 @@ def test_rows_skip_their_own_layers_against_a_direct_computation():
 def test_saturation_is_the_first_layer_after_which_the_lens_never_changes():
     model = tiny_llama(dtype=torch.float64, seed=4)
     sequence = PROMPT + _continuation(model)
-    with recording_states(model) as states:
-        model(input_ids=torch.tensor([sequence]))
+    states = recorded_states(model, sequence)
     positions = list(range(len(sequence)))
-    depth = saturation_depth(model, states, positions)
+    depth = saturation_depth(Engine(model), states, positions)
     for j, q in enumerate(positions):  # brute force
         lens = [int(model.lm_head(model.model.norm(states[d][0, q])).argmax()) for d in range(1, 7)]
         assert depth[j] == min(d for d in range(1, 7) if all(t == lens[-1] for t in lens[d - 1:]))
     identity = identities(tiny_llama(dtype=torch.float64, seed=4), [3, 4, 5])
-    with recording_states(identity) as states:
-        identity(input_ids=torch.tensor([sequence]))
-    assert (saturation_depth(identity, states, positions) <= 3).all()  # layers 4-6 change nothing
+    states = recorded_states(identity, sequence)
+    assert (saturation_depth(Engine(identity), states, positions) <= 3).all()  # layers 4-6 change nothing
 
 
 def test_identity_layers_are_skipped_by_every_token_and_the_rest_is_measured():
     model = identities(tiny_llama(dtype=torch.float64, seed=6), [3, 4, 5])
     continuation = _continuation(model, 10)
-    depths = token_depths(model, PROMPT, continuation)
+    depths = token_depths(Engine(model), PROMPT, continuation)
     assert len(depths["needed"]) == len(continuation)
     assert (depths["skippable"] >= 3).all() and (depths["needed"] == 6 - depths["skippable"]).all()
     assert (depths["saturation"] <= 3).all()
-    plain = token_depths(tiny_llama(dtype=torch.float64, seed=6), PROMPT, continuation)
+    plain = token_depths(Engine(tiny_llama(dtype=torch.float64, seed=6)), PROMPT, continuation)
     assert ((plain["skippable"] >= 0) & (plain["skippable"] <= 5)).all()  # layer 0 always runs
 
 

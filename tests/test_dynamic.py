@@ -3,12 +3,21 @@ decoding bit for bit; identity layers are left out and change nothing; a skipped
 values are the layer's own, computed from its input; cached = uncached; teacher forcing = generation."""
 import pytest
 import torch
-from transformers import DynamicCache
 
-from ais.decoding.dynamic import NEVER, DepthGate, dynamic_continue, dynamic_generate, fill_kv, forced_logits
-from ais.decoding.greedy import plain_generate
-from ais.model.forward import layer_kwargs
+from ais.model.plan import NEVER, DepthGate
+from ais.decoding.greedy import decode, generate, prefill
+from ais.evaluation.quality import Reference, decode_gated
+from ais.model.engine import Engine
 from conftest import identities, left_padded, tiny_llama
+
+
+def dynamic_generate(model, batch, n, gate, eos_token_id=None):
+    flight, logits = prefill(Engine(model), batch)
+    return decode(flight, logits.argmax(-1), n, eos_token_id, gate=gate)
+
+
+def plain_generate(model, batch, n, eos_token_id=None):
+    return generate(Engine(model), batch, n, eos_token_id=eos_token_id)
 
 PROMPTS = [[1, 5, 9, 14, 22, 7, 30, 3], [1, 40, 41, 12], [1, 8, 8, 60, 61, 62]]
 
@@ -39,24 +48,6 @@ def test_min_layer_keeps_the_first_layers():
     assert (depth[:, 1:] == 4).all()
     _, depth = dynamic_generate(model, left_padded(PROMPTS), 6, DepthGate(threshold=0.5, min_layer=1))
     assert (depth[:, 1:] <= 2).all()  # exits after layer 1 (identity) at the latest
-
-
-@torch.inference_mode()
-def test_fill_kv_writes_what_the_layer_itself_writes():
-    model = tiny_llama(dtype=torch.float64, seed=2)
-    ids = torch.tensor([PROMPTS[0]])
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
-    x = torch.randn(1, 1, 32, dtype=torch.float64)
-    for layer_idx in (1, 4):
-        layer = model.model.layers[layer_idx]
-        ran, filled = DynamicCache(config=model.config), DynamicCache(config=model.config)
-        for c in (ran, filled):
-            model(input_ids=ids[:, :-1], past_key_values=c, use_cache=True)
-        layer(x, **layer_kwargs(model, x, ran, layer=layer_idx))
-        fill_kv(layer, x, layer_kwargs(model, x, filled, layer=layer_idx))
-        assert torch.equal(ran.layers[layer_idx].keys, filled.layers[layer_idx].keys)
-        assert torch.equal(ran.layers[layer_idx].values, filled.layers[layer_idx].values)
 
 
 def _uncached_dynamic(model, prompt: list[int], n_new: int, gate: DepthGate) -> tuple[list[int], list[int]]:
@@ -121,8 +112,9 @@ def test_teacher_forced_steps_are_the_generation_steps():
     full = {"input_ids": torch.cat([batch["input_ids"], ids], 1),
             "attention_mask": torch.cat([batch["attention_mask"], torch.ones_like(ids)], 1)}
     start = batch["input_ids"].shape[1] - 1
-    logits, forced_depth = forced_logits(model, full, start, start + 6, gate)
-    assert torch.equal(logits.argmax(-1), ids) and torch.equal(forced_depth, depth)
+    ref = Reference(full, slice(start, start + 6), None, torch.ones(3, 6))
+    logprobs, forced_depth = decode_gated(Engine(model), ref, gate)
+    assert torch.equal(logprobs.argmax(-1), ids) and torch.equal(forced_depth, depth)
 
 
 def test_an_exited_token_skips_only_the_candidates():
@@ -159,6 +151,6 @@ def test_the_dynamic_overheads_are_fractions_of_the_layer_they_stand_in_for():
     from conftest import tiny_tokenizer
 
     model, tok = tiny_llama(dtype=torch.float32, seed=3), tiny_tokenizer()
-    costs = dynamic_overheads(model, tok, "a b c d", 1, warmup=1, repeats=3)
+    costs = dynamic_overheads(Engine(model), tok, "a b c d", 1, warmup=1, repeats=3)
     assert costs["layer_ms"] > 0 and costs["fill_kv_ms"] > 0 and costs["gate_ms"] > 0 and costs["layer_index"] == 1
     assert costs["fill_kv_fraction"] == pytest.approx(costs["fill_kv_ms"] / costs["layer_ms"], rel=0.02)

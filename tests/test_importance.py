@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from ais.evaluation.frontier import original_plans
 from ais.evaluation.importance import ablate, greedy_search, measure, split_half_stability
-from ais.routing.plans import minmax_per_category
-from ais.evaluation.quality import Reference, compare, eos_mask, make_reference
-from ais.model.gating import SkipPlan
+from ais.evaluation.quality import Reference, eos_mask, make_reference, score
+from ais.methods.original import original_plans
+from ais.model.engine import Engine
+from ais.model.plan import SkipPlan
+from ais.routing.budget import minmax_per_category
 from conftest import tiny_llama, tiny_tokenizer
+
+
+def compare(engine, ref, plan):
+    return score(engine, ref, [plan] * len(ref))
 
 PROMPTS = ["what is the capital of france", "write a story", "add two plus two number", "sum",
            "the story of paris", "code a sum"]
@@ -22,7 +27,7 @@ def test_eos_mask_scores_up_to_and_including_the_end():
 
 
 def test_positions_after_the_end_do_not_count():
-    model, tok = tiny_llama(dtype=torch.float64), tiny_tokenizer()
+    model, tok = Engine(tiny_llama(dtype=torch.float64)), tiny_tokenizer()
     ref = make_reference(model, tok, PROMPTS[:3], n_continuation=5)
     plan = SkipPlan.make(hard=[2, 3])
 
@@ -33,18 +38,18 @@ def test_positions_after_the_end_do_not_count():
 
     first_two, first, second = scored(0, 1), scored(0), scored(1)
     for key in ("kl", "top1", "top5"):
-        torch.testing.assert_close(first_two[key], (first[key] + second[key]) / 2)
-    assert not torch.allclose(first_two["kl"], compare(model, ref, plan)["kl"])
+        np.testing.assert_allclose(first_two[key], (first[key] + second[key]) / 2)
+    assert not np.allclose(first_two["kl"], compare(model, ref, plan)["kl"])
 
 
 def test_ablate_matches_compare():
-    model, tok = tiny_llama(dtype=torch.float64), tiny_tokenizer()
+    model, tok = Engine(tiny_llama(dtype=torch.float64)), tiny_tokenizer()
     ref = make_reference(model, tok, PROMPTS, n_continuation=4)
     fast = ablate(model, ref, [1], [3, 4])
     for j in (3, 4):
         slow = compare(model, ref, SkipPlan.make(hard=[1, j]))
-        np.testing.assert_allclose(fast[j]["kl"], slow["kl"].numpy(), rtol=1e-6, atol=1e-10)
-        np.testing.assert_array_equal(fast[j]["top1"], slow["top1"].numpy())
+        np.testing.assert_allclose(fast[j]["kl"], slow["kl"], rtol=1e-6, atol=1e-10)
+        np.testing.assert_array_equal(fast[j]["top1"], slow["top1"])
 
 
 def harmless_layer(model, layer: int):
@@ -56,7 +61,7 @@ def harmless_layer(model, layer: int):
 
 
 def test_greedy_search_removes_a_harmless_layer_first():
-    model, tok = harmless_layer(tiny_llama(n_layers=6, dtype=torch.float64), 4), tiny_tokenizer()
+    model, tok = Engine(harmless_layer(tiny_llama(n_layers=6, dtype=torch.float64), 4)), tiny_tokenizer()
     refs = [make_reference(model, tok, PROMPTS, n_continuation=4)]
     raw = greedy_search(model, refs, candidates=[2, 3, 4, 5], steps=2)
     assert np.isnan(raw[:2]).all() and raw[4] == 0.0  # removing layer 4 loses no agreement at all
@@ -66,7 +71,7 @@ def test_greedy_search_removes_a_harmless_layer_first():
 
 
 def test_measure_reports_stability_and_the_pooled_measure():
-    model, tok = tiny_llama(n_layers=6, dtype=torch.float64), tiny_tokenizer()
+    model, tok = Engine(tiny_llama(n_layers=6, dtype=torch.float64)), tiny_tokenizer()
     by_category = {"a": PROMPTS[:4], "b": PROMPTS[2:]}
     out = measure(model, tok, by_category, n_continuation=3, n_groups=3, method="greedy", pivot=2,
                   greedy_steps=2, chunk=2, progress=False)

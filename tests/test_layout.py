@@ -9,8 +9,8 @@ from layout import REPO, SRC, closure, imported_modules
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # lower to upper: a module may import its own layer and those listed before it
-LAYERS = ["ais", "ais.params", "ais.files", "ais.device", "ais.model", "ais.routing", "ais.decoding",
-          "ais.evaluation", "ais.report", "ais.api", "ais.cli"]
+LAYERS = ["ais.trace", "ais", "ais.params", "ais.files", "ais.device", "ais.model", "ais.routing", "ais.methods",
+          "ais.decoding", "ais.evaluation", "ais.report", "ais.api", "ais.cli"]
 
 
 def is_code(path: Path) -> bool:

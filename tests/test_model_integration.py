@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from ais.decoding.greedy import generate_text, next_token_logits
-
-from ais.model.prompts import encode_prompts
+from ais.decoding.greedy import generate, prefill
 from ais.device import DeviceError, pick_device, pick_dtype
+from ais.model.engine import Engine
 from ais.model.loading import ModelError, load_model
+from ais.model.plan import NO_SKIP, SkipPlan
+from ais.model.prompts import encode_prompts
 from ais.routing.embedding import pivot_hidden
-from ais.model.gating import NO_SKIP, SkipPlan
 
 pytestmark = pytest.mark.integration
 
@@ -26,24 +26,42 @@ def test_materialised_checkpoint_has_card_and_chat_template(embedded_dir, embedd
 
 def test_greedy_answer_mentions_paris(embedded):
     model, tokenizer = embedded
-    reply = generate_text(model, tokenizer, ["What is the capital of France?"], max_new_tokens=24)[0]
+    batch = encode_prompts(tokenizer, ["What is the capital of France?"], model.device)
+    reply = tokenizer.decode(generate(Engine(model), batch, 24, eos_token_id=tokenizer.eos_token_id)[0],
+                             skip_special_tokens=True)
     assert "Paris" in reply, reply
 
 
 def test_no_skip_is_plain_model_and_skip_changes_logits(embedded):
     model, tokenizer = embedded
     batch = encode_prompts(tokenizer, ["Name three colours.", "What is 2 + 2?"], model.device)
+    positions = (batch["attention_mask"].cumsum(-1) - 1).masked_fill(batch["attention_mask"] == 0, 1)
     with torch.inference_mode():
-        plain = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
-    assert torch.equal(next_token_logits(model, batch, NO_SKIP), plain)
-    assert not torch.allclose(next_token_logits(model, batch, SkipPlan.make(hard=[12, 20])), plain)
+        plain = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
+    engine = Engine(model)
+    assert torch.equal(prefill(engine, batch, [NO_SKIP] * 2)[1], plain)
+    assert not torch.allclose(prefill(engine, batch, [SkipPlan.make(hard=[12, 20])] * 2)[1], plain)
+
+
+def test_a_row_of_a_mixed_batch_gets_the_tokens_it_gets_alone(embedded):
+    """The embedded model in float32: rows of different plans in one batch, token for token as alone."""
+    model, tokenizer = embedded
+    engine = Engine(model)
+    prompts = ["Name three colours.", "What is 2 + 2?", "Translate into French: good morning",
+               "Write a haiku about the sea."]
+    plans = [SkipPlan.make(hard=[12, 20]), NO_SKIP, SkipPlan.make(hard=[14, 26], soft={17: 0.5}),
+             SkipPlan.make(attention=[11, 13, 15], mlp=[25])]
+    together = generate(engine, encode_prompts(tokenizer, prompts, model.device), 16, plans)
+    for i, (prompt, plan) in enumerate(zip(prompts, plans)):
+        alone = generate(engine, encode_prompts(tokenizer, [prompt], model.device), 16, [plan])
+        assert torch.equal(together[i], alone[0]), prompt
 
 
 def test_router_hidden_matches_output_hidden_states(embedded):
     model, tokenizer = embedded
     batch = encode_prompts(tokenizer, ["Summarise this: the cat sat on the mat."], model.device)
     with torch.inference_mode():
-        reference = model(**batch, output_hidden_states=True).hidden_states[10]
+        reference = model(**batch, output_hidden_states=True).hidden_states[10]  # one prompt: no padding
     assert torch.equal(pivot_hidden(model, batch, 10), reference)
 
 
@@ -72,7 +90,6 @@ LOSSLESS_PROMPTS = ["Repeat this sentence exactly: the quick brown fox jumps ove
 def test_speculative_decoding_gives_the_greedy_tokens_of_the_embedded_model(embedded):
     """Every drafter (CLaSp's dynamic skip set included), float32: the tokens transformers' greedy `generate` gives, up to and including
     the end-of-sequence token or max_new_tokens; drafts are both accepted and rejected."""
-    from ais.decoding.greedy import generate_ids
     from ais.model.prompts import chat_text
     from ais.decoding.speculative import ClaspDraft, NoDraft, PromptLookup, RoutedDraft, speculative_generate
 
@@ -86,12 +103,15 @@ def test_speculative_decoding_gives_the_greedy_tokens_of_the_embedded_model(embe
     for prompt in LOSSLESS_PROMPTS:
         ids = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-        expected = generate_ids(model, batch, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)[0].tolist()
+        with torch.inference_mode():
+            expected = model.generate(**batch, max_new_tokens=24, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=0, top_p=None, top_k=None, temperature=None)[0, len(ids):].tolist()
         if tokenizer.eos_token_id in expected:
             expected = expected[:expected.index(tokenizer.eos_token_id) + 1]
             ended += 1
         for name, make in drafters.items():
-            tokens, stats = speculative_generate(model, ids, 24, make(), gamma=4, eos_token_id=tokenizer.eos_token_id)
+            tokens, stats = speculative_generate(Engine(model), ids, 24, make(), gamma=4,
+                                                 eos_token_id=tokenizer.eos_token_id)
             assert tokens == expected, (name, prompt)
             totals[name][0] += stats.drafted
             totals[name][1] += stats.accepted

@@ -1,19 +1,24 @@
 """Lossless speculative decoding: token-for-token identical to greedy, whatever the drafts."""
 import pytest
 import torch
-from transformers import DynamicCache
 
-from ais.decoding.greedy import plain_generate
-from ais.model.gating import SkipPlan
+from ais.decoding.greedy import generate
 from ais.decoding.speculative import (ClaspDraft, Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, clasp_layers,
-                                     recording_states, speculative_generate, truncate_cache)
+                                     forward_tokens, prefill_logits)
+from ais.decoding.speculative import speculative_generate as _speculative
+from ais.model.engine import Engine, Record
+from ais.model.plan import SkipPlan
 from conftest import left_padded, tiny_llama
 
 PROMPTS = [[1, 5, 9, 14, 22, 7], [1, 30, 4], [1, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9], [1, 11, 13, 17, 11, 13, 17, 11]]
 
 
 def greedy(model, prompt, n):
-    return plain_generate(model, left_padded([prompt]), n)[0].tolist()
+    return generate(Engine(model), left_padded([prompt]), n)[0].tolist()
+
+
+def speculative_generate(model, *args, **kwargs):
+    return _speculative(Engine(model), *args, **kwargs)
 
 
 class Scripted(Drafter):
@@ -24,7 +29,7 @@ class Scripted(Drafter):
     def __init__(self, truth, prompt_len, wrong_at):
         self.truth, self.prompt_len, self.wrong_at = truth, prompt_len, wrong_at
 
-    def propose(self, model, context, cache, gamma):
+    def propose(self, flight, context, gamma):
         done = len(context) - self.prompt_len
         draft = list(self.truth[done:done + gamma])
         if self.wrong_at is not None and self.wrong_at < len(draft):
@@ -87,42 +92,39 @@ def test_prompt_lookup_drafts_are_accepted_on_repetitive_text(model):
 
 
 def test_cache_after_rollback_equals_fresh_greedy_cache(model):
+    engine = Engine(model)
     prompt = PROMPTS[0]
     truth = greedy(model, prompt, 8)
-    # a fresh cache holding prompt + first 3 generated tokens
-    fresh = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prompt + truth[:3]]), past_key_values=fresh, use_cache=True)
+    fresh, _ = prefill_logits(engine, prompt + truth[:3])  # a fresh cache holding prompt + first 3 generated tokens
     # the same position reached by verifying a draft of 5 of which 2 are accepted, then rolling back
-    cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prompt[:-1]]), past_key_values=cache, use_cache=True)
+    flight, _ = prefill_logits(engine, prompt[:-1])
     draft = truth[:2] + [(truth[2] + 1) % 97, 5, 6]
-    model(input_ids=torch.tensor([[prompt[-1]] + draft]), past_key_values=cache, use_cache=True)
-    truncate_cache(cache, len(prompt) + 2)
-    model(input_ids=torch.tensor([[truth[2]]]), past_key_values=cache, use_cache=True)
-    assert cache.get_seq_length() == fresh.get_seq_length()
-    for a, b in zip(cache.layers, fresh.layers):
-        torch.testing.assert_close(a.keys, b.keys, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(a.values, b.values, rtol=1e-9, atol=1e-12)
+    forward_tokens(flight, [prompt[-1]] + draft)
+    flight.truncate(len(prompt) + 2)
+    forward_tokens(flight, [truth[2]])
+    for i in range(engine.n_layers):
+        assert flight.cache.length(i) == fresh.cache.length(i)
+        torch.testing.assert_close(flight.cache.keys[i], fresh.cache.keys[i], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(flight.cache.values[i], fresh.cache.values[i], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("share_prefix", [False, True])
 def test_routed_draft_rolls_back_above_the_shared_prefix_only(model, share_prefix):
     """Layers from the lowest skipped one up are left as found; below it, the cache holds the full
     model's own keys and values for the drafted positions, which the verify then reuses."""
+    engine = Engine(model)
     prompt = PROMPTS[1]
-    cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prompt[:-1]]), past_key_values=cache, use_cache=True)
-    before = [(l.keys.clone(), l.values.clone()) for l in cache.layers]
-    draft = RoutedDraft(SkipPlan.make(hard=[3, 4]), 0.0, share_prefix=share_prefix).propose(model, prompt, cache, 4)
+    flight, _ = prefill_logits(engine, prompt[:-1])
+    before = [(k.clone(), v.clone()) for k, v in zip(flight.cache.keys, flight.cache.values)]
+    draft = RoutedDraft(SkipPlan.make(hard=[3, 4]), 0.0, share_prefix=share_prefix).propose(flight, prompt, 4)
     assert len(draft.tokens) == 4
     shared = 3 if share_prefix else 0
-    for (k, v), layer in list(zip(before, cache.layers))[shared:]:
-        assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
-    full = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prompt + draft.tokens[:-1]]), past_key_values=full, use_cache=True)
-    for ours, theirs in list(zip(cache.layers, full.layers))[:shared]:
-        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-9, atol=1e-12)
+    for i in range(shared, engine.n_layers):
+        assert torch.equal(before[i][0], flight.cache.keys[i]) and torch.equal(before[i][1], flight.cache.values[i])
+    full, _ = prefill_logits(engine, prompt + draft.tokens[:-1])
+    for i in range(shared):
+        torch.testing.assert_close(flight.cache.keys[i], full.cache.keys[i], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(flight.cache.values[i], full.cache.values[i], rtol=1e-9, atol=1e-12)
     assert (draft.hidden is not None) == share_prefix
 
 
@@ -173,14 +175,17 @@ def test_prompt_lookup_agrees_with_transformers_assisted_generation(model):
 
 def _states_at_last_position(model, prompt):
     """(cache holding the prompt, the full model's L + 1 states of its last token)."""
-    cache = DynamicCache(config=model.config)
-    with recording_states(model) as states:
-        model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True)
-    return cache, [s[0, -1] for s in states]
+    engine = Engine(model)
+    ids = torch.tensor([prompt])
+    flight = engine.start(torch.ones_like(ids), rollback=True)
+    record = Record(states=True)
+    with torch.inference_mode():
+        flight.run(*flight.feed(ids), record=record)
+    return flight.cache, [s[0, -1] for s in record.kept_states]
 
 
 def test_recorded_states_are_each_layers_input_and_the_last_output(model):
-    cache, states = _states_at_last_position(model, PROMPTS[0])
+    _, states = _states_at_last_position(model, PROMPTS[0])
     out = model.model(input_ids=torch.tensor([PROMPTS[0]]), output_hidden_states=True)
     assert len(states) == len(model.model.layers) + 1
     torch.testing.assert_close(states[0], model.model.embed_tokens.weight[PROMPTS[0][-1]])
@@ -198,10 +203,10 @@ def test_clasp_skips_a_layer_that_is_an_identity_first(identity_layer):
         layer.mlp.down_proj.weight.zero_()
     for prompt in PROMPTS:
         cache, states = _states_at_last_position(model, prompt)
-        before = [(l.keys.clone(), l.values.clone()) for l in cache.layers]
-        assert clasp_layers(model, states, cache, len(prompt) - 1, 1, range(1, 6)) == [identity_layer]
-        assert all(torch.equal(k, l.keys) and torch.equal(v, l.values) for (k, v), l in zip(before, cache.layers))
-        chosen = clasp_layers(model, states, cache, len(prompt) - 1, 3, [1, 3, identity_layer, 5])
+        before = [(k.clone(), v.clone()) for k, v in zip(cache.keys, cache.values)]
+        assert clasp_layers(Engine(model), states, cache, len(prompt) - 1, 1, range(1, 6)) == [identity_layer]
+        assert all(torch.equal(k, k2) and torch.equal(v, v2) for (k, v), k2, v2 in zip(before, cache.keys, cache.values))
+        chosen = clasp_layers(Engine(model), states, cache, len(prompt) - 1, 3, [1, 3, identity_layer, 5])
         assert len(chosen) == 3 and identity_layer in chosen and set(chosen) <= {1, 3, identity_layer, 5}
 
 
@@ -211,7 +216,7 @@ def test_clasp_runs_each_layer_once_per_choice_on_every_candidate(model):
     seen = []
     hooks = [l.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0])) for l in model.model.layers]
     try:
-        clasp_layers(model, states, cache, len(PROMPTS[0]) - 1, 2, range(1, 6))
+        clasp_layers(Engine(model), states, cache, len(PROMPTS[0]) - 1, 2, range(1, 6))
     finally:
         for h in hooks:
             h.remove()
@@ -243,7 +248,9 @@ def test_the_prefill_routes_the_prompt_and_the_drafter_follows_the_route(name):
         speculative_generate(tiny_llama(dtype=torch.float64, seed=1), ids, 4, drafter_for, router=decoder)
 
 
-def test_route_and_prefill_is_the_plain_prefill_bit_for_bit():
+def test_routing_during_the_prefill_is_the_plain_prefill_bit_for_bit():
+    from transformers import DynamicCache
+
     from conftest import tiny_routed_decoder, tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -251,9 +258,10 @@ def test_route_and_prefill_is_the_plain_prefill_bit_for_bit():
     model = tiny_llama(dtype=torch.float32, seed=1)
     decoder = tiny_routed_decoder(model, tok, contexts, [0, 1])
     batch = left_padded([PROMPTS[0]])
-    ours, plain = DynamicCache(config=model.config), DynamicCache(config=model.config)
-    logits, routes = decoder.route_and_prefill(batch, ours)
-    reference = model(**batch, past_key_values=plain, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    flight, logits, routes = decoder.prefill(batch, mode="full")
+    plain = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        reference = model(**batch, past_key_values=plain, use_cache=True, logits_to_keep=1).logits[:, -1]
     assert torch.equal(logits, reference) and routes[0].plan.is_empty()
-    for a, b in zip(ours.layers, plain.layers):
-        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    for i, layer in enumerate(plain.layers):
+        assert torch.equal(flight.cache.keys[i], layer.keys) and torch.equal(flight.cache.values[i], layer.values)

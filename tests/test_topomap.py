@@ -98,3 +98,30 @@ def test_embedding_stage_matches_router_embedding():
     for i, prompt in enumerate(prompts):
         single = router_embedding(model, encode_prompts(tok, [prompt], model.device), 2).numpy()[0]
         np.testing.assert_allclose(batched[i], single, rtol=1e-4, atol=1e-5)
+
+
+def test_the_map_has_the_same_bytes_whatever_the_thread_count(tmp_path):
+    """The learned router is fitted on one BLAS thread: a map built under 1 or 2 BLAS and torch threads
+    is the same file."""
+    import hashlib
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from ais.routing.topomap import build_map
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 576)).astype(np.float32)  # large enough that the BLAS splits its sums
+    rows = [{"category": f"c{i % 9}", "split": "map"} for i in range(3000)]
+    digests = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with threadpool_limits(limits=threads):
+                build_map(rows, vectors, {"hidden_size": 576}, 1.0).save(tmp_path / f"map{threads}")
+        finally:
+            torch.set_num_threads(previous)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted((tmp_path / f"map{threads}").iterdir())})
+    assert digests[0] == digests[1]

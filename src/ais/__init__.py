@@ -3,10 +3,13 @@
 When a stage script (`python stages/NAME.py`) stops on one of this package's errors (a bad
 param, a missing or corrupt artifact, a bad prompt), it prints the message alone, without a
 traceback: the message says what was wrong and how to fix it. Set AIS_TRACEBACK=1 for the
-full traceback. Other exceptions, and interactive sessions, are untouched.
+full traceback. Other exceptions, and interactive sessions, are untouched. With AIS_TRACE set,
+the process records what it reads and writes (`ais.trace`).
 """
 import os
 import sys
+
+from ais import trace
 
 
 def _clear_errors(exc_type, exc, tb, _previous=sys.excepthook):
@@ -19,3 +22,5 @@ def _clear_errors(exc_type, exc, tb, _previous=sys.excepthook):
 
 if sys.excepthook is sys.__excepthook__:
     sys.excepthook = _clear_errors
+
+trace.install()

@@ -3,6 +3,7 @@
     ais info                                  what the built map contains
     ais route "Summarise this article: ..."   category, neighbours, skip plan
     ais generate "What is 2+2?" --mode lossless   (or full, hard, soft, dynamic)
+    ais generate --file prompts.txt           one prompt per line, decoded as one batch
 """
 from __future__ import annotations
 
@@ -19,15 +20,25 @@ EPILOG = "Reads params.yaml and the outputs of `dvc repro` (data/model, data/map
 # and argument errors answer at once.
 
 
-def _read_prompt(args) -> str:
+def _read_prompts(args) -> list[str]:
+    """The prompts: the arguments, or the lines of --file (UTF-8, one prompt a line, blank lines skipped)."""
     from ais.model.prompts import check_prompt
 
     if args.file:
+        if args.prompt:
+            raise ValueError("give prompts as arguments or with --file, not both")
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-        return check_prompt(raw)
-    if args.prompt is None:
-        raise ValueError("give a prompt (or --file PATH, - for standard input)")
-    return args.prompt
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{args.file} is not valid UTF-8 text ({err})") from err
+        prompts = [line for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"{args.file} holds no prompt (every line is empty)")
+        return prompts
+    if not args.prompt:
+        raise ValueError("give a prompt (or --file PATH with one prompt a line, - for standard input)")
+    return [check_prompt(p) for p in args.prompt]
 
 
 def _check_built(root: Path, model_too: bool = True) -> None:
@@ -46,7 +57,7 @@ def cmd_info(args) -> dict:
     """The map's model, size and categories, and per category the layers its plan may skip
     (past the router's pivot, below `skip.critical`) and those it skips at the params' settings."""
     from ais.params import load_params
-    from ais.routing.plans import SkipSettings, candidate_layers, select_layers
+    from ais.routing.budget import SkipSettings, candidate_layers, select_layers
     from ais.routing.topomap import TopoMap
 
     root = Path(args.root)
@@ -67,17 +78,22 @@ def cmd_info(args) -> dict:
     return info
 
 
-def cmd_route(args) -> dict:
+def cmd_route(args):
     from ais.api import route
 
-    return route(_load(args), _read_prompt(args))
+    prompts = _read_prompts(args)
+    system = _load(args)
+    out = [route(system, p) for p in prompts]
+    return out[0] if len(out) == 1 else out
 
 
-def cmd_generate(args) -> dict:
+def cmd_generate(args):
     from ais.api import generate
 
-    result = generate(_load(args), _read_prompt(args), args.mode, args.max_new_tokens, args.plan)
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.__dict__.items()}
+    prompts = _read_prompts(args)
+    results = generate(_load(args), prompts, args.mode, args.max_new_tokens, args.plan)
+    out = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.__dict__.items()} for r in results]
+    return out[0] if len(out) == 1 else out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,14 +105,15 @@ def parser() -> argparse.ArgumentParser:
     for name, fn, text in (("route", cmd_route, "category, nearest map entries and skip plan of a prompt"),
                            ("generate", cmd_generate, "greedy reply under a skip mode")):
         s = sub.add_parser(name, help=text, description=text, epilog=EPILOG)
-        s.add_argument("prompt", nargs="?", help="the prompt text")
-        s.add_argument("--file", help="read the prompt from a UTF-8 file (- for standard input)")
+        s.add_argument("prompt", nargs="*", help="the prompt text (several: one batch)")
+        s.add_argument("--file", help="read the prompts from a UTF-8 file, one a line (- for standard input)")
         if name == "generate":
             s.add_argument("--mode", default=None, choices=("full", "hard", "soft", "lossless", "dynamic"),
                            help="full: no skip; hard/soft: the routed plan; lossless: speculative, identical to "
                                 "full; dynamic: per-token depth (default: skip.mode in params.yaml)")
-            s.add_argument("--plan", default=None, choices=("global", "category", "neighbours", "prompt"),
-                           help="whose layer scores choose a hard or soft plan's layers (default: skip.plan)")
+            s.add_argument("--plan", default=None,
+                           help="the method that chooses a hard or soft plan's layers: global, category, neighbours, "
+                                "prompt, or any deployable method registered in ais.methods (default: skip.plan)")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
     return p

@@ -1,12 +1,15 @@
-"""Device and dtype choice, and the device synchronisation every clock read needs
-(used by decoding, which times its own generations, and by the benchmarks)."""
+"""Device and dtype choice, and the project's one clock: the device synchronised before every
+reading, warm-up, interleaved repeats in a fresh random order, medians with spread (used by decoding,
+which times its own generations, by the router's cost and by the benchmarks)."""
 from __future__ import annotations
 
 import os
 import platform
+import time
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -63,6 +66,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def synchronize(device: torch.device) -> None:
     """Wait until the device has finished its queued work (a no-op on CPU)."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -79,3 +83,51 @@ def configure_threads() -> int:
             raise DeviceError(f"AIS_THREADS={value!r} must be a positive integer (torch threads per process)")
         torch.set_num_threads(int(value))
     return torch.get_num_threads()
+
+
+class Stopwatch:
+    """`with Stopwatch(device) as clock: ...` then `clock.seconds`: wall time with the device idle at
+    both ends (the host waits for queued device work before each reading)."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self):
+        synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._start
+
+
+def time_interleaved(calls: dict, device, warmup: int, repeats: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seconds per call for each named zero-argument callable; every repeat runs each once, in a
+    seeded random order, so that drift and order effects hit all alike."""
+    rng = np.random.default_rng(seed)
+    names = list(calls)
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for i in rng.permutation(len(names)):
+            with Stopwatch(device) as clock:
+                calls[names[i]]()
+            times[names[i]].append(clock.seconds)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def summary(seconds: np.ndarray) -> dict:
+    """Median and interquartile range of repeated timings."""
+    q1, med, q3 = np.percentile(seconds, [25, 50, 75])
+    return {"median_s": float(med), "iqr_s": float(q3 - q1)}
+
+
+def speedup(baseline: np.ndarray, variant: np.ndarray) -> dict:
+    """Per-repeat speedup baseline/variant (repeats are paired: interleaved in one round), as the
+    median and its interquartile range; `within_noise` when that range contains 1."""
+    ratios = np.asarray(baseline) / np.asarray(variant)
+    q1, med, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"speedup": float(med), "speedup_q1": float(q1), "speedup_q3": float(q3), "within_noise": bool(q1 <= 1 <= q3)}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ais import trace
+
 # `git checkout -- params.yaml` is not enough: DVC rewrites the file and git's index in the same second with the
 # same size, so git believes the file unchanged and checks nothing out (git 2.39, DVC 3).
 RESTORE_HINT = ("params.yaml still holds the rejected value (`dvc exp run -S` writes it there before any stage "
@@ -28,6 +30,11 @@ INT0, INT1, FRACTION = _spec(int, lo=0), _spec(int, lo=1), _spec(float, lo=0, hi
 SEED = _spec(int)
 TEXT = _spec(str)
 BENCHMARKS = ("mmlu", "arc_easy", "arc_challenge", "hellaswag", "piqa")  # evaluation/multiple_choice.py reads them
+
+# Keys that name methods: their type is checked here, their names against the registry by
+# `ais.methods.check_names` (the check_params stage runs both; the registry imports every method).
+METHOD, PLAN = _spec(str), _spec(str)
+METHOD_KEYS = {"skip.plan": True, "validate.methods": False, "frontier.methods": False, "multiple_choice.methods": False}
 
 SCHEMA: dict[str, dict] = {
     "model.source": TEXT,
@@ -63,7 +70,7 @@ SCHEMA: dict[str, dict] = {
     "importance.n_groups": INT1,
     "importance.n_continuation": INT0,
     "skip.mode": _spec(str, choices=("hard", "soft")),
-    "skip.plan": _spec(str, choices=("global", "category", "neighbours", "prompt")),
+    "skip.plan": PLAN,
     "skip.alpha": _spec(float, lo=0, hi=1, lo_open=True, hi_open=True),
     "skip.select": _spec(str, choices=("fraction", "threshold")),
     "skip.fraction": FRACTION,
@@ -72,6 +79,7 @@ SCHEMA: dict[str, dict] = {
     "validate.n_per_category": INT1,
     "validate.n_continuation": INT0,
     "validate.seed": SEED,
+    "validate.methods": _spec(list, items=METHOD),
     "throughput.batch_sizes": _spec(list, items=INT1),
     "throughput.generate_batch_sizes": _spec(list, items=INT1),
     "throughput.new_tokens": INT1,
@@ -82,6 +90,7 @@ SCHEMA: dict[str, dict] = {
     "multiple_choice.n_per_benchmark": INT1,
     "multiple_choice.seed": SEED,
     "multiple_choice.batch_size": INT1,
+    "multiple_choice.methods": _spec(list, items=METHOD),
     "frontier.fractions": _spec(list, items=FRACTION),
     "frontier.n_per_category": INT1,
     "frontier.timing_prompts": INT1,
@@ -91,14 +100,12 @@ SCHEMA: dict[str, dict] = {
     "frontier.oracle_fractions": _spec(list, items=FRACTION),
     "frontier.oracle_per_category": INT0,
     "frontier.repeats": INT1,
+    "frontier.methods": _spec(list, items=METHOD),
     "depth.n_per_operation": INT1,
     "depth.paragraphs": TEXT,
     "depth.n_per_category": INT1,
     "depth.max_new_tokens": INT1,
     "depth.seed": SEED,
-    "dynamic.threshold": _spec(float, lo=0, lo_open=True),
-    "dynamic.candidates": _spec((str, float), valid=lambda v: v == "all" or (not isinstance(v, str) and 0 < v < 1),
-                                expect="'all' or a fraction in (0, 1)"),
     "dynamic.min_layer": _spec((str, int), valid=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                                expect="'auto' or an integer >= 1"),
     "lossless.dtype": _spec(str, choices=("auto", "float32", "float64", "bfloat16", "float16")),
@@ -111,6 +118,23 @@ SCHEMA: dict[str, dict] = {
     "lossless.n_per_category": INT1,
     "lossless.min_speedup": _spec(float, lo=0),
 }
+
+
+# Keys whose use depends on another key's value, and the effective key that stands for them in
+# data/params.effective.yaml (written by the check_params stage): a stage that uses `skip.alpha` only
+# for soft plans, or `skip.fraction` / `skip.threshold` only under their `skip.select`, declares the
+# effective key, so that changing a value it does not use reruns nothing (tests/test_pipeline.py
+# checks that each stage reads exactly what it declares, through these).
+EFFECTIVE_FILE = "data/params.effective.yaml"
+EFFECTIVE = {"skip.blend": ("skip.alpha",), "skip.budget": ("skip.select", "skip.fraction", "skip.threshold")}
+
+
+def effective(params: dict) -> dict:
+    """The effective values of the conditional keys: the blend weight where `skip.mode` is soft (else
+    None), and the budget rule `skip.select` names with its value."""
+    select = get(params, "skip.select")
+    return {"skip": {"blend": get(params, "skip.alpha") if get(params, "skip.mode") == "soft" else None,
+                     "budget": {"select": select, select: get(params, f"skip.{select}")}}}
 
 
 def load_params(path: Path | str = "params.yaml") -> dict:
@@ -154,6 +178,7 @@ def _check(dotted: str, value, kind=None, lo=None, hi=None, choices=None, lo_ope
 def get(params: dict, dotted: str, kind=None, **limits):
     """The value at `dotted` (e.g. 'skip.alpha'), checked against SCHEMA; `kind` and `limits`
     (lo, hi, choices, lo_open, hi_open) add to or replace its entry, e.g. hi=len(map) for router.k."""
+    trace.param(dotted)
     node = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:

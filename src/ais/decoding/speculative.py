@@ -15,8 +15,11 @@ Drafters:
   PromptLookup — copies the tokens that followed the last n-gram's earlier occurrence.
   NoDraft      — plain greedy decoding with the same loop.
 
-The loop does what `generate` does where no draft is made: the prompt's prefill computes the head
-on its last position only and yields the first new token, then one cached forward per token.
+Everything runs on the engine (`ais.model.engine`, batch size 1): a draft runs the model under its
+plan on the shared cache (the layers it skips do not grow; the verify rolls the others back), the
+verify runs every layer. The loop does what `generate` does where no draft is made: the prompt's
+prefill computes the head on its last position only and yields the first new token, then one
+cached forward per token.
 
 transformers' assisted generation (5.x) hosts drafters as candidate generators: one returns
 candidate token ids, and may ask for the verify's outputs (`requires_model_outputs`, so CLaSp's
@@ -28,16 +31,13 @@ which with no draft does what `generate` does (see `prefill`).
 """
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
-from ais.device import synchronize
-from ais.model.forward import layer_kwargs, run_layers
-from ais.model.gating import SkipPlan, decoder_layers, skipping
+from ais.device import Stopwatch
+from ais.model.engine import Batch, Engine, Record
+from ais.model.plan import SkipPlan
 
 
 @dataclass
@@ -65,6 +65,7 @@ class SpecStats:
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     accepted_per_step: list[int] = field(default_factory=list)
+    drafted_per_step: list[int] = field(default_factory=list)
 
     @property
     def acceptance_rate(self) -> float:
@@ -75,68 +76,47 @@ class SpecStats:
         return self.accepted / self.steps if self.steps else 0.0
 
 
-def truncate_cache(cache, length: int, from_layer: int = 0) -> None:
-    """Keep the first `length` positions in every layer from `from_layer` on that holds more
-    (layers a draft skipped hold fewer and are left alone; DynamicCache.crop would cut them too)."""
-    for layer in cache.layers[from_layer:]:
-        keys = getattr(layer, "keys", None)
-        if keys is not None and keys.shape[-2] > length:
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+def _positions(start: int, n: int, device) -> torch.Tensor:
+    return (torch.arange(n, device=device) + start)[None]
 
 
-def forward_tokens(model, ids: list[int], cache) -> torch.Tensor:
-    """Logits (len(ids) x vocab) for new tokens appended to the cache (batch of one, no padding)."""
-    out = model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True)
-    return out.logits[0]
+def forward_tokens(flight: Batch, ids: list[int], record: Record | None = None) -> torch.Tensor:
+    """Full-model logits (len(ids) x vocab) for new tokens appended after what layer 0 holds (batch of one)."""
+    engine = flight.engine
+    start = flight.cache.length(0)
+    x, ctx = flight.feed(torch.tensor([ids], device=engine.device), position_ids=_positions(start, len(ids), engine.device))
+    return engine.head(flight.run(x, ctx, record=record))[0]
 
 
-def prefill_logits(model, ids: list[int], cache) -> torch.Tensor:
-    """Fill the cache with the prompt and return the logits (1 x vocab) of the first new token, as
-    `generate` does: the head runs on the last position only."""
-    return model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
-                 logits_to_keep=1).logits[0, -1:]
+def prefill_logits(engine: Engine, ids: list[int]) -> tuple[Batch, torch.Tensor]:
+    """(the request in flight, the logits 1 x vocab of the first new token): the prompt fills the
+    cache and, as `generate` does, the head runs on its last position only."""
+    x = torch.tensor([ids], device=engine.device)
+    flight = engine.start(torch.ones_like(x), rollback=True)
+    return flight, flight.step(x)
 
 
-def prefill(model, ids: list[int], cache) -> int:
-    """Fill the cache with the prompt and return the first new (greedy) token."""
-    return int(prefill_logits(model, ids, cache)[-1].argmax())
+def prefill(engine: Engine, ids: list[int]) -> tuple[Batch, int]:
+    """Fill the cache with the prompt and return (the request in flight, the first new greedy token)."""
+    flight, logits = prefill_logits(engine, ids)
+    return flight, int(logits[-1].argmax())
 
 
-@contextmanager
-def recording_states(model):
-    """Collect, while a full forward runs, the hidden state entering each decoder layer and the last
-    layer's output: L + 1 tensors of 1 x n x d (n = positions of that forward)."""
-    states: list[torch.Tensor] = []
-
-    def keep(module, args, out):
-        states.append(out[0] if isinstance(out, tuple) else out)
-
-    hooks = [model.model.embed_tokens.register_forward_hook(keep)]
-    hooks += [layer.register_forward_hook(keep) for layer in decoder_layers(model)]
-    try:
-        yield states
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def _logits(model, hidden) -> torch.Tensor:
-    """Logits for every position of `hidden` (1 x n x d -> n x vocab), as LlamaForCausalLM computes them."""
-    return model.lm_head(model.model.norm(hidden))[0]
-
-
-def _verify(model, context: list[int], draft: Draft, cache) -> torch.Tensor:
+def _verify(flight: Batch, context: list[int], draft: Draft, record: Record | None = None) -> torch.Tensor:
     """Full-model logits for [last context token] + draft tokens. With a shared prefix, layers
     below `draft.shared` run only for the last drafted token (the draft never fed it back)."""
     ids = [context[-1]] + draft.tokens
     if draft.hidden is None:
-        return forward_tokens(model, ids, cache)
-    x = model.model.embed_tokens(torch.tensor([ids[-1:]], device=model.device))
-    tail = run_layers(model, x, layer_kwargs(model, x, cache, layer=0), 0, draft.shared)
+        return forward_tokens(flight, ids, record)
+    engine = flight.engine
+    device = engine.device
+    low = flight.cache.length(0)  # the lower layers hold [last] + tokens[:-1]; the last drafted token is new
+    x, ctx = flight.feed(torch.tensor([ids[-1:]], device=device), position_ids=_positions(low, 1, device))
+    tail = flight.run(x, ctx, 0, draft.shared)
     hidden = torch.cat([draft.hidden, tail], 1)
-    ctx = layer_kwargs(model, hidden, cache, layer=draft.shared)  # sized by a layer the draft did not extend
-    return _logits(model, run_layers(model, hidden, ctx, draft.shared, len(decoder_layers(model))))
+    start = flight.cache.length(draft.shared)  # the layers the draft rolled back hold the context only
+    _, ctx = flight.feed(hidden=hidden, position_ids=_positions(start, hidden.shape[1], device))
+    return engine.head(flight.run(hidden, ctx, draft.shared))[0]
 
 
 class Drafter:
@@ -144,7 +124,7 @@ class Drafter:
 
     name = "drafter"
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
+    def propose(self, flight: Batch, context: list[int], gamma: int) -> Draft:
         raise NotImplementedError
 
     def observe(self, drafted: int, accepted: int, gamma: int) -> None:
@@ -154,7 +134,7 @@ class Drafter:
 class NoDraft(Drafter):
     name = "none"
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
+    def propose(self, flight: Batch, context: list[int], gamma: int) -> Draft:
         return Draft()
 
 
@@ -167,7 +147,7 @@ class PromptLookup(Drafter):
     def __init__(self, ngram: int = 3):
         self.ngram = ngram
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
+    def propose(self, flight: Batch, context: list[int], gamma: int) -> Draft:
         for n in range(min(self.ngram, len(context) - 1), 0, -1):
             tail = context[-n:]
             for start in range(len(context) - n - 1, -1, -1):
@@ -195,24 +175,28 @@ class RoutedDraft(Drafter):
         self.plan, self.threshold, self.adaptive = plan, confidence, adaptive
         self.shared = min(plan.layers) if share_prefix and plan.layers else 0
         self.acceptance = 0.0
+        self._rows = None
 
-    def propose(self, model, context: list[int], cache, gamma: int) -> Draft:
-        start = cache.get_seq_length()
-        n_layers = len(decoder_layers(model))
+    def propose(self, flight: Batch, context: list[int], gamma: int) -> Draft:
+        engine = flight.engine
+        device = engine.device
+        start = flight.cache.length(0)
+        if self._rows is None or self._rows.plans[0] != self.plan:
+            self._rows = engine.plans([self.plan], 1)  # grouped once per plan, reused every draft token
+        plans = self._rows
         tokens, hidden, last = [], [], context[-1]
-        with skipping(model, self.plan):
-            for _ in range(gamma):
-                x = model.model.embed_tokens(torch.tensor([[last]], device=model.device))
-                ctx = layer_kwargs(model, x, cache)
-                h = run_layers(model, x, ctx, 0, self.shared)
-                hidden.append(h)
-                probs = torch.softmax(_logits(model, run_layers(model, h, ctx, self.shared, n_layers))[-1].float(), -1)
-                p, token = probs.max(-1)
-                tokens.append(int(token))
-                last = int(token)
-                if p.item() < self.threshold:  # the unsure token is still proposed (Draft&Verify): it is computed already
-                    break
-        truncate_cache(cache, start, from_layer=self.shared)
+        for step in range(gamma):
+            x, ctx = flight.feed(torch.tensor([[last]], device=device), position_ids=_positions(start + step, 1, device))
+            h = flight.run(x, ctx, 0, self.shared, plans=plans)
+            hidden.append(h)
+            out = flight.run(h, ctx, self.shared, plans=plans)
+            probs = torch.softmax(engine.last_logits(out)[0].float(), -1)
+            p, token = probs.max(-1)
+            tokens.append(int(token))
+            last = int(token)
+            if p.item() < self.threshold:  # the unsure token is still proposed (Draft&Verify): it is computed already
+                break
+        flight.truncate(start, from_layer=self.shared)
         if not self.shared:
             return Draft(tokens)
         return Draft(tokens, self.shared, torch.cat(hidden, 1))
@@ -236,16 +220,16 @@ class _CandidateCache:
     states of one new token (what the layer's attention reads and appends to; the real cache is
     left untouched)."""
 
-    def __init__(self, layer_cache, length: int, batch: int):
-        self.keys = layer_cache.keys[..., :length, :].expand(batch, -1, -1, -1)
-        self.values = layer_cache.values[..., :length, :].expand(batch, -1, -1, -1)
+    def __init__(self, cache, layer: int, length: int, batch: int):
+        self.keys = cache.keys[layer][..., :length, :].expand(batch, -1, -1, -1)
+        self.values = cache.values[layer][..., :length, :].expand(batch, -1, -1, -1)
 
     def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None):
         return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
 
 
 @torch.no_grad()
-def clasp_layers(model, states: list[torch.Tensor], cache, position: int, n_skip: int, allowed) -> list[int]:
+def clasp_layers(engine: Engine, states: list[torch.Tensor], cache, position: int, n_skip: int, allowed) -> list[int]:
     """CLaSp's dynamic programme: the `n_skip` layers (of `allowed`) to skip so that the token at
     `position` ends each layer as close (cosine) to the full model's state there as the choices allow.
 
@@ -254,14 +238,14 @@ def clasp_layers(model, states: list[torch.Tensor], cache, position: int, n_skip
     layer i with j of layers 0..i skipped, is whichever of "layer i run on g(i-1, j)" and "layer i
     skipped from g(i-1, j-1)" is closer to the full model's state after layer i; the candidates of
     one layer run in one batched call. The skip set is read back from (L, n_skip)."""
-    layers, allowed = decoder_layers(model), set(allowed)
+    layers, allowed, model = engine.layers, set(allowed), engine.model
     best = {0: (states[0], ())}  # skipped-so-far j -> (state, skipped layers)
     for i, layer in enumerate(layers):
         js = sorted(best)
         batch = torch.stack([best[j][0] for j in js])[:, None, :]
         position_ids = torch.full((1, 1), position, device=batch.device)
         ran = layer(batch, attention_mask=None, position_ids=position_ids,
-                    past_key_values=_CandidateCache(cache.layers[i], position, len(js)), use_cache=True,
+                    past_key_values=_CandidateCache(cache, i, position, len(js)), use_cache=True,
                     position_embeddings=model.model.rotary_emb(batch, position_ids=position_ids))
         ran = (ran[0] if isinstance(ran, tuple) else ran)[:, 0]
         target = states[i + 1].float()[None]
@@ -297,13 +281,14 @@ class ClaspDraft(RoutedDraft):
         self.n_skip, self.allowed, self.interval = n_skip, list(allowed), interval
         self.updates, self._since = 0, interval
 
-    def refresh(self, model, states: list[torch.Tensor], cache, position: int) -> None:
+    def refresh(self, flight: Batch, states: list[torch.Tensor], position: int) -> None:
         """After each verify (and the prefill): the full model's states of the last accepted token."""
         self._since += 1
         if self._since < self.interval:
             return
         self._since = 0
-        self.plan = SkipPlan.make(hard=clasp_layers(model, states, cache, position, self.n_skip, self.allowed))
+        self.plan = SkipPlan.make(hard=clasp_layers(flight.engine, states, flight.cache, position, self.n_skip,
+                                                    self.allowed))
         self.updates += 1
 
 
@@ -331,7 +316,7 @@ def make_drafter(name: str, plan, confidence: float, ngram: int, allowed=(), cla
 
 
 @torch.inference_mode()
-def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, drafter=None, gamma: int = 4,
+def speculative_generate(engine: Engine, prompt_ids: list[int], max_new_tokens: int, drafter=None, gamma: int = 4,
                          eos_token_id: int | None = None, router=None) -> tuple[list[int], SpecStats]:
     """Greedy continuation of `prompt_ids` (identical to plain greedy decoding), with drafts
     from `drafter` verified by the full model. Returns (new tokens, stats).
@@ -340,63 +325,70 @@ def speculative_generate(model, prompt_ids: list[int], max_new_tokens: int, draf
     router's layers are the prefill's first layers) and `drafter` may be a function of the route,
     called once the route is known: what the deployed system does."""
     stats = SpecStats()
-    synchronize(model.device)  # the clock starts with the device idle; each step ends reading tokens on the host
-    started = time.perf_counter()
-    cache = DynamicCache(config=model.config)
+    with Stopwatch(engine.device) as total:
+        new = _speculate(engine, prompt_ids, max_new_tokens, drafter, gamma, eos_token_id, router, stats)
+    stats.seconds = total.seconds
+    return new, stats
+
+
+def _speculate(engine, prompt_ids, max_new_tokens, drafter, gamma, eos_token_id, router, stats) -> list[int]:
     choose = router is not None and callable(drafter) and not isinstance(drafter, Drafter)
-    record = choose or getattr(drafter, "needs_states", False)
-    with recording_states(model) if record else nullcontext() as states:
-        if router is None:
-            first = prefill(model, prompt_ids, cache)  # the cache then holds every context token but the last
-        else:
-            if router.model is not model:
-                raise ValueError("the router must run on the model that verifies (the same weights and dtype)")
-            ids = torch.tensor([prompt_ids], device=model.device)
-            logits, routes = router.route_and_prefill({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, cache)
-            first, stats.category = int(logits[0].argmax()), routes[0].category
-            if choose:
-                drafter = drafter(routes[0])
+    needs_states = getattr(drafter, "needs_states", False) or choose
+    record = Record(states=True) if needs_states else None
+    ids = torch.tensor([prompt_ids], device=engine.device)
+    if router is None:
+        flight = engine.start(torch.ones_like(ids), rollback=True)
+        x, ctx = flight.feed(ids)
+        logits = engine.last_logits(flight.run(x, ctx, record=record))
+    else:
+        if router.engine.model is not engine.model:
+            raise ValueError("the router must run on the model that verifies (the same weights and dtype)")
+        flight, logits, routes = router.prefill({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, mode="full",
+                                                record=record)
+        flight.rollback = True
+        stats.category = routes[0].category
+        if choose:
+            drafter = drafter(routes[0])
+    first = int(logits[0].argmax())
     drafter = drafter or NoDraft()
     stats.drafter = drafter.name
-    record = getattr(drafter, "needs_states", False)
-    if record:
-        t0 = time.perf_counter()
-        drafter.refresh(model, [s[0, -1] for s in states], cache, len(prompt_ids) - 1)
-        stats.draft_seconds += time.perf_counter() - t0
+    refreshes = getattr(drafter, "needs_states", False)
+    if refreshes:
+        with Stopwatch(engine.device) as clock:
+            drafter.refresh(flight, [s[0, -1] for s in record.kept_states], len(prompt_ids) - 1)
+        stats.draft_seconds += clock.seconds
     context, new = list(prompt_ids) + [first], [first]
     if first == eos_token_id or max_new_tokens <= 1:
-        stats.seconds = time.perf_counter() - started
-        return new[:max_new_tokens], stats
+        return new[:max_new_tokens]
     while len(new) < max_new_tokens:
         room = max_new_tokens - len(new) - 1
         budget = min(gamma, room)
-        t0 = time.perf_counter()
-        draft = drafter.propose(model, context, cache, budget) if room > 0 else Draft()
-        t1 = time.perf_counter()
-        with recording_states(model) if record else nullcontext() as states:
-            predicted = _verify(model, context, draft, cache).argmax(-1).tolist()
-        stats.draft_seconds += t1 - t0
-        stats.verify_seconds += time.perf_counter() - t1
+        with Stopwatch(engine.device) as drafting:
+            draft = drafter.propose(flight, context, budget) if room > 0 else Draft()
+        record = Record(states=True) if refreshes else None
+        with Stopwatch(engine.device) as verifying:
+            predicted = _verify(flight, context, draft, record).argmax(-1).tolist()
+        stats.draft_seconds += drafting.seconds
+        stats.verify_seconds += verifying.seconds
         accepted = 0
         while accepted < len(draft.tokens) and draft.tokens[accepted] == predicted[accepted]:
             accepted += 1
         drafter.observe(len(draft.tokens), accepted, budget)
         # keep the cache of the last context token and the accepted drafts only
-        truncate_cache(cache, len(context) + accepted)
-        if record:  # the full model's states of the last accepted token, at its position
-            t0 = time.perf_counter()
-            drafter.refresh(model, [s[0, accepted] for s in states], cache, len(context) - 1 + accepted)
-            stats.draft_seconds += time.perf_counter() - t0
+        flight.truncate(len(context) + accepted)
+        if refreshes:  # the full model's states of the last accepted token, at its position
+            with Stopwatch(engine.device) as clock:
+                drafter.refresh(flight, [s[0, accepted] for s in record.kept_states], len(context) - 1 + accepted)
+            stats.draft_seconds += clock.seconds
         step = draft.tokens[:accepted] + [predicted[accepted]]
         stats.steps += 1
         stats.drafted += len(draft.tokens)
         stats.accepted += accepted
         stats.accepted_per_step.append(accepted)
+        stats.drafted_per_step.append(len(draft.tokens))
         for token in step:
             new.append(token)
             context.append(token)
             if token == eos_token_id or len(new) == max_new_tokens:
-                stats.seconds = time.perf_counter() - started
-                return new, stats
-    stats.seconds = time.perf_counter() - started
-    return new, stats
+                return new
+    return new

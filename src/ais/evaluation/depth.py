@@ -24,12 +24,11 @@ import random
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
-from ais.decoding.greedy import plain_generate
-from ais.decoding.speculative import recording_states, truncate_cache
+from ais.decoding.greedy import generate
 from ais.evaluation.statistics import mean_interval
-from ais.model.gating import decoder_layers
+from ais.model.engine import Record
+from ais.model.plan import SkipPlan
 from ais.model.prompts import context_length, encode_prompts
 
 FLEXIDEPTH_LAYERS = 32
@@ -68,26 +67,21 @@ def operation_prompts(paragraphs: list[str], n: int, seed: int) -> dict[str, lis
     return out
 
 
-def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The logit lens: final norm and head on any hidden state."""
-    return model.lm_head(model.model.norm(hidden))
-
-
 @torch.inference_mode()
-def saturation_depth(model, states: list[torch.Tensor], positions: list[int]) -> np.ndarray:
+def saturation_depth(engine, states: list[torch.Tensor], positions: list[int]) -> np.ndarray:
     """Per position, the smallest number of layers d (1..L) after which the logit lens gives the
     final top-1 at d and at every later layer. `states` are the L + 1 recorded hidden states. The
     lens runs from the last layer down and stops at each position's first disagreement (the vocabulary
     projection at every layer is most of this measurement's cost)."""
     n_layers = len(states) - 1
-    final = _logits(model, states[n_layers][0, positions]).argmax(-1)
+    final = engine.head(states[n_layers][0, positions]).argmax(-1)
     depth = torch.ones(len(positions), dtype=torch.long, device=final.device)  # agrees all the way down: 1
     open_ = torch.ones(len(positions), dtype=torch.bool, device=final.device)
     for d in range(n_layers - 1, 0, -1):
         rows = torch.nonzero(open_).flatten()
         if not len(rows):
             break
-        agrees = _logits(model, states[d][0, [positions[i] for i in rows.tolist()]]).argmax(-1) == final[rows]
+        agrees = engine.head(states[d][0, [positions[i] for i in rows.tolist()]]).argmax(-1) == final[rows]
         closed = rows[~agrees]
         depth[closed] = d + 1
         open_[closed] = False
@@ -105,57 +99,48 @@ def influence_order(states: list[torch.Tensor], positions: list[int]) -> torch.T
 
 
 @torch.inference_mode()
-def logits_with_skips(model, cache: DynamicCache, tokens: torch.Tensor, positions: list[int],
-                      skip: torch.Tensor) -> torch.Tensor:
-    """Next-token logits of each row (rows x vocab): row r is token `tokens[r]` at position `positions[r]`, attending to
-    the cache's first `positions[r]` positions (the full model's) and to itself, with the layers
-    `skip[r]` (rows x L, bool) bypassed for that row alone. Skipped layers still run, so their keys
-    and values come from their input. The cache is left as it was."""
-    rows, filled = len(positions), cache.get_seq_length()
-    if cache.layers[0].keys.shape[0] != rows:
-        raise ValueError("the cache must hold one row per position (DynamicCache.batch_repeat_interleave)")
-    hidden = model.model.embed_tokens(tokens[:, None])
-    position_ids = torch.tensor(positions, device=hidden.device)[:, None]
-    allowed = torch.arange(filled + 1, device=hidden.device)[None, :] < position_ids
+def logits_with_skips(engine, flight, tokens: torch.Tensor, positions: list[int], skip: list[list[int]]) -> torch.Tensor:
+    """Next-token logits of each row (rows x vocab): row r is token `tokens[r]` at position `positions[r]`,
+    attending to the first `positions[r]` positions of the batch's cache (the full model's, one copy per
+    row) and to itself, with the layers `skip[r]` skipped for that row alone while their keys and values
+    are still written (the engine's fill: a complete cache). The cache is left as it was."""
+    rows, filled = len(positions), flight.length
+    position_ids = torch.tensor(positions, device=tokens.device)[:, None]
+    allowed = torch.arange(filled + 1, device=tokens.device)[None, :] < position_ids
     allowed[:, filled] = True  # itself, appended after the cache
-    mask = torch.zeros(rows, 1, 1, filled + 1, dtype=hidden.dtype, device=hidden.device)
-    ctx = {"attention_mask": mask.masked_fill(~allowed[:, None, None, :], torch.finfo(hidden.dtype).min),
-           "position_ids": position_ids, "past_key_values": cache, "use_cache": True,
-           "position_embeddings": model.model.rotary_emb(hidden, position_ids=position_ids)}
+    mask = allowed[:, None, None, :]
     try:
-        for i, layer in enumerate(decoder_layers(model)):
-            out = layer(hidden, **ctx)
-            hidden = torch.where(skip[:, i, None, None], hidden, out)
+        x, ctx = flight.feed(tokens[:, None], position_ids=position_ids, mask4d=mask)
+        hidden = flight.run(x, ctx, plans=[SkipPlan.make(fill=layers) for layers in skip])
     finally:
-        truncate_cache(cache, filled)
-    return _logits(model, hidden[:, -1])
+        flight.truncate(filled)
+    return engine.head(hidden[:, -1])
 
 
 @torch.inference_mode()
-def token_depths(model, prompt_ids: list[int], continuation: list[int]) -> dict[str, np.ndarray]:
+def token_depths(engine, prompt_ids: list[int], continuation: list[int]) -> dict[str, np.ndarray]:
     """Per generated token of the full model's greedy `continuation` of `prompt_ids`: `saturation`
     and `skippable` (see the module docstring), and `needed` = L - skippable."""
-    n_layers = model.config.num_hidden_layers
+    n_layers = engine.n_layers
     sequence = list(prompt_ids) + list(continuation[:-1])
     positions = list(range(len(prompt_ids) - 1, len(sequence)))
-    ids = torch.tensor([sequence], device=model.device)
-    with recording_states(model) as states:
-        model(input_ids=ids, use_cache=False)
-    saturation = saturation_depth(model, states, positions)
+    ids = torch.tensor([sequence], device=engine.device)
+    record = Record(states=True)
+    engine.forward(ids, record=record)
+    states = record.kept_states
+    saturation = saturation_depth(engine, states, positions)
     order = influence_order(states, positions)
-    truth = _logits(model, states[-1][0, positions]).argmax(-1)  # the full model's own top-1 at each position
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(len(positions))
+    truth = engine.head(states[-1][0, positions]).argmax(-1)  # the full model's own top-1 at each position
+    flight = engine.start(torch.ones_like(ids[:, :-1]))
+    flight.step(ids[:, :-1], logits=False)
+    flight.repeat_rows(len(positions))
     tokens = ids[0, positions]
-    low = torch.zeros(len(positions), dtype=torch.long, device=model.device)       # keeps the top-1
-    high = torch.full_like(low, n_layers)                                          # changes it (L - 1 + 1)
+    low = torch.zeros(len(positions), dtype=torch.long, device=engine.device)       # keeps the top-1
+    high = torch.full_like(low, n_layers)                                            # changes it (L - 1 + 1)
     while bool((high - low > 1).any()):
         middle = (low + high) // 2
-        skip = torch.zeros(len(positions), n_layers, dtype=torch.bool, device=model.device)
-        for r, k in enumerate(middle.tolist()):
-            skip[r, order[r, :k]] = True
-        kept = logits_with_skips(model, cache, tokens, positions, skip).argmax(-1) == truth
+        skip = [order[r, :k].tolist() for r, k in enumerate(middle.tolist())]
+        kept = logits_with_skips(engine, flight, tokens, positions, skip).argmax(-1) == truth
         low = torch.where(kept, middle, low)
         high = torch.where(kept, high, middle)
     skippable = low.cpu().numpy()
@@ -163,17 +148,17 @@ def token_depths(model, prompt_ids: list[int], continuation: list[int]) -> dict[
 
 
 @torch.inference_mode()
-def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[tuple]:
+def greedy_continuations(engine, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[tuple]:
     """(prompt ids, the full model's greedy continuation up to and including its end-of-sequence
     token) per prompt, generated `batch_size` prompts of similar length at a time."""
-    limit = context_length(model) - max_new_tokens
+    limit = context_length(engine.model) - max_new_tokens
     eos = tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     out = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, limit)
-        new = plain_generate(model, batch, max_new_tokens, eos_token_id=eos).tolist()
+        batch = encode_prompts(tokenizer, [prompts[i] for i in idx], engine.device, limit)
+        new = generate(engine, batch, max_new_tokens, eos_token_id=eos).tolist()
         for row, i in enumerate(idx):
             ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
             tokens = new[row][:new[row].index(eos) + 1] if eos in new[row] else new[row]

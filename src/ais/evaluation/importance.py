@@ -18,46 +18,48 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
-from ais.evaluation.quality import Reference, compare, make_reference
-from ais.model.forward import block_influence, layer_context, run_layers
-from ais.model.gating import SkipPlan, skipping
+from ais.evaluation.quality import Reference, compare_logprobs, make_reference, score
+from ais.methods.original import layer_groups
+from ais.methods.search import greedy_removal
+from ais.model.engine import Record
+from ais.model.plan import SkipPlan
 
 METHODS = ("single", "group", "block_influence", "greedy")
 
 
-def layer_groups(n_layers: int, n_groups: int) -> list[list[int]]:
-    """`n_groups` contiguous groups covering all layers, sizes differing by at most one."""
-    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or not 1 <= n_groups <= n_layers:
-        raise ValueError(f"importance.n_groups={n_groups!r} must be an integer in 1..{n_layers}")
-    bounds = np.linspace(0, n_layers, n_groups + 1).round().astype(int)
-    return [list(range(bounds[g], bounds[g + 1])) for g in range(n_groups)]
-
-
-def references(model, tokenizer, prompts: list[str], n_continuation: int, chunk: int) -> list[Reference]:
+def references(engine, tokenizer, prompts: list[str], n_continuation: int, chunk: int) -> list[Reference]:
     """The full model's teacher-forced references, `chunk` prompts of similar length per forward
     (less padding; the order of the prompts does not matter to any measure)."""
     prompts = sorted(prompts, key=len)
-    return [make_reference(model, tokenizer, prompts[i:i + chunk], n_continuation) for i in range(0, len(prompts), chunk)]
+    return [make_reference(engine, tokenizer, prompts[i:i + chunk], n_continuation) for i in range(0, len(prompts), chunk)]
 
 
-def per_prompt_ablations(model, refs: list[Reference], n_groups: int) -> dict[str, np.ndarray]:
+def block_influence(engine, batch: dict) -> torch.Tensor:
+    """Block Influence per prompt and layer (B x n_layers) from one full forward: a training-free prior
+    (higher = the layer changes its input more)."""
+    record = Record(influence=True)
+    engine.forward(batch["input_ids"], batch["attention_mask"], record=record)
+    return record.influence_matrix(batch["input_ids"].shape[0], engine.n_layers, "cpu")
+
+
+def per_prompt_ablations(engine, refs: list[Reference], n_groups: int) -> dict[str, np.ndarray]:
     """Per-prompt single-layer KL, group KL and block influence (prompts x layers or groups)."""
-    n_layers = model.config.num_hidden_layers
+    n_layers = engine.n_layers
     groups = layer_groups(n_layers, n_groups)
     single, group_kl, influence = [], [], []
     for ref in refs:
         rows = ref.batch["input_ids"].shape[0]
         s = np.full((rows, n_layers), np.nan)
-        for layer, scores in ablate(model, ref, [], list(range(1, n_layers))).items():
+        for layer, scores in ablate(engine, ref, [], list(range(1, n_layers))).items():
             s[:, layer] = scores["kl"]
         g = np.full((rows, n_groups), np.nan)
         for k, members in enumerate(groups):
             skippable = [i for i in members if i != 0]
             if skippable:
-                g[:, k] = compare(model, ref, SkipPlan.make(hard=skippable))["kl"].cpu().numpy()
+                g[:, k] = score(engine, ref, [SkipPlan.make(hard=skippable)] * rows)["kl"]
         single.append(s)
         group_kl.append(g)
-        influence.append(block_influence(model, ref.batch).cpu().numpy())
+        influence.append(block_influence(engine, ref.batch).numpy())
     group_kl = np.concatenate(group_kl)
     group = np.zeros((len(group_kl), n_layers))
     for k, members in enumerate(groups):
@@ -67,56 +69,50 @@ def per_prompt_ablations(model, refs: list[Reference], n_groups: int) -> dict[st
 
 
 @torch.inference_mode()
-def ablate(model, ref: Reference, removed: list[int], candidates: list[int]) -> dict[int, dict[str, np.ndarray]]:
+def ablate(engine, ref: Reference, removed: list[int], candidates: list[int]) -> dict[int, dict[str, np.ndarray]]:
     """Per-prompt KL(full || skipped) and top-1 agreement with `removed` plus each candidate layer
     hard-skipped. The layers below a candidate compute what they compute under `removed` alone, so
-    they run once and each candidate's forward starts at the candidate (half the cost of `compare`
-    per layer, the same values up to float rounding)."""
-    n_layers = model.config.num_hidden_layers
-    embeds, ctx = layer_context(model, ref.batch)
-    inputs, hidden = {}, embeds
-    with skipping(model, SkipPlan.make(hard=removed)):
-        for i in range(max(candidates) + 1):
-            if i in candidates:
-                inputs[i] = hidden
-            hidden = run_layers(model, hidden, ctx, i, i + 1)
-    full = ref.full_logprobs
-    weights = ref.scored / ref.scored.sum(1, keepdim=True)
+    they run once, and each candidate's forward starts at the layer after it from the state entering
+    it (half the cost of scoring each plan whole, the same values up to float rounding)."""
+    batch, rows = ref.batch, len(ref)
+    record = Record(states=True)
+    engine.forward(batch["input_ids"], batch["attention_mask"], [SkipPlan.make(hard=removed)] * rows,
+                   stop=max(candidates) + 1, record=record)
+    inputs = record.kept_states  # the state entering layer i is inputs[i]
     out = {}
     for j in candidates:
-        with skipping(model, SkipPlan.make(hard=removed + [j])):
-            final = run_layers(model, inputs[j], ctx, j + 1, n_layers)
-        logprobs = torch.log_softmax(model.lm_head(model.model.norm(final[:, ref.columns])).float(), -1)
-        kl = (full.exp() * (full - logprobs)).sum(-1).clamp_min(0)
-        top1 = (logprobs.argmax(-1) == full.argmax(-1)).float()
-        out[j] = {"kl": (kl * weights).sum(1).cpu().numpy(), "top1": (top1 * weights).sum(1).cpu().numpy()}
+        final = engine.forward(batch["input_ids"], batch["attention_mask"], [SkipPlan.make(hard=removed + [j])] * rows,
+                               start=j + 1, hidden=inputs[j])
+        logprobs = torch.log_softmax(engine.head(final[:, ref.columns]).float(), -1)
+        scores = compare_logprobs(ref.full_logprobs, logprobs, ref.scored)
+        out[j] = {"kl": scores["kl"].cpu().numpy(), "top1": scores["top1"].cpu().numpy()}
     return out
 
 
-def greedy_search(model, refs: list[Reference], candidates: list[int], steps: int, bar=None) -> np.ndarray:
-    """Greedy layer removal over `candidates` for `steps` steps (ties: the lower layer). Returns raw
-    importance per layer: 1 - the top-1 agreement once the layer is removed (cumulative along the
-    removal order, so never below an earlier removed layer's value); layers the search did not
-    remove get the agreement lost by removing them after the searched plan (at least the last
-    removed value); NaN for layers that are not candidates."""
-    removed, values, loss = [], {}, {}
-    remaining = list(candidates)
-    for _ in range(min(steps, len(candidates))):
-        scores = {j: [] for j in remaining}
-        for ref in refs:
-            for j, result in ablate(model, ref, removed, remaining).items():
-                scores[j].append(result["top1"])
-            if bar is not None:
-                bar.update()
-        loss = {j: 1.0 - float(np.concatenate(scores[j]).mean()) for j in remaining}
-        best = min(remaining, key=lambda j: (loss[j], j))
-        values[best] = max(loss[best], max(values.values(), default=0.0))
-        removed.append(best)
-        remaining.remove(best)
+def greedy_search(engine, refs: list[Reference], candidates: list[int], steps: int, bar=None) -> np.ndarray:
+    """The greedy layer search (`ais.methods.search`) on these references, for `steps` steps. Returns
+    raw importance per layer: 1 - the top-1 agreement once the layer is removed (cumulative along the
+    removal order, so never below an earlier removed layer's value); layers the search did not remove
+    get the agreement lost by removing them after the searched plan (at least the last removed
+    value); NaN for layers that are not candidates."""
+
+    def score_sets(sets):  # every set is the removed layers so far plus one candidate: one shared-prefix ablation
+        removed, tried = sets[0][:-1], [s[-1] for s in sets]
+        per_ref = [ablate(engine, ref, removed, tried) for ref in refs]
+        if bar is not None:
+            bar.update(len(refs))
+        return [{m: float(np.concatenate([r[j][m] for r in per_ref]).mean()) for m in ("top1", "kl")} for j in tried]
+
+    found = greedy_removal(score_sets, candidates, steps)
+    values, loss = {}, {}
+    for step in found:
+        values[step["layer"]] = max(1.0 - step["top1"], max(values.values(), default=0.0))
+        loss = step["losses"]
     floor = max(values.values(), default=0.0)
-    for j in remaining:
-        values[j] = max(loss.get(j, floor), floor)
-    raw = np.full(model.config.num_hidden_layers, np.nan)
+    for j in candidates:
+        if j not in values:
+            values[j] = max(loss.get(j, floor), floor)
+    raw = np.full(engine.n_layers, np.nan)
     for j, v in values.items():
         raw[j] = v
     return raw
@@ -139,7 +135,7 @@ def _halves(refs: list[Reference]) -> list[list[Reference]]:
     return [[r.rows(list(range(h, len(r.scored), 2))) for r in refs if len(r.scored) > h] for h in (0, 1)]
 
 
-def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_continuation: int, n_groups: int,
+def measure(engine, tokenizer, prompts_by_category: dict[str, list[str]], n_continuation: int, n_groups: int,
             method: str, pivot: int, greedy_steps: int, chunk: int = 16, progress: bool = True) -> dict:
     """Raw importance {method: categories x layers} for the ablation measures (and the greedy search
     when `method` is greedy: it costs about one single-layer sweep per step, three times over for
@@ -147,8 +143,8 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
     and each category's split-half stability per measure, over the layers past the pivot (those a
     plan may skip) and over all measured layers."""
     categories = sorted(prompts_by_category)
-    n_layers = model.config.num_hidden_layers
-    refs = {c: references(model, tokenizer, prompts_by_category[c], n_continuation, chunk) for c in categories}
+    n_layers = engine.n_layers
+    refs = {c: references(engine, tokenizer, prompts_by_category[c], n_continuation, chunk) for c in categories}
     all_refs = [r for c in categories for r in refs[c]]
     candidates = list(range(max(1, pivot), n_layers))
     searched = min(greedy_steps, len(candidates)) if method == "greedy" else 0
@@ -160,7 +156,7 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
     stability_all: dict[str, dict] = {m: {} for m in stability}
     with tqdm(total=total, desc="importance", unit="sweep", disable=not progress, mininterval=2.0) as bar:
         for k, c in enumerate(categories):
-            for m, values in per_prompt_ablations(model, refs[c], n_groups).items():
+            for m, values in per_prompt_ablations(engine, refs[c], n_groups).items():
                 out[m][k] = _nanmean_keep(values)
                 pooled.setdefault(m, []).append(values)
                 if m in stability:
@@ -168,12 +164,12 @@ def measure(model, tokenizer, prompts_by_category: dict[str, list[str]], n_conti
                     stability_all[m][c] = split_half_stability(values)
             bar.update(len(refs[c]))
             if searched:
-                out["greedy"][k] = greedy_search(model, refs[c], candidates, searched, bar)
-                halves = [greedy_search(model, half, candidates, searched, bar) for half in _halves(refs[c])]
+                out["greedy"][k] = greedy_search(engine, refs[c], candidates, searched, bar)
+                halves = [greedy_search(engine, half, candidates, searched, bar) for half in _halves(refs[c])]
                 stability["greedy"][c] = stability_all["greedy"][c] = split_half_stability(np.stack(halves))
         for m, values in pooled.items():
             out[f"global_{m}"] = _nanmean_keep(np.concatenate(values))
-        out["global_greedy"] = greedy_search(model, all_refs, candidates, searched, bar) if searched \
+        out["global_greedy"] = greedy_search(engine, all_refs, candidates, searched, bar) if searched \
             else np.full(n_layers, np.nan)
     out["categories"] = np.array(categories)
     out["groups"] = np.array([g[0] for g in layer_groups(n_layers, n_groups)])

@@ -16,21 +16,19 @@ every divergence happens at a reference margin below the bound (twice the larges
 seen: a flip needs the margin to close, and each of the two logits moves at most that much)."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from scipy.optimize import brentq
-from transformers import DynamicCache
 from tqdm import tqdm
 
 from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, prefill_logits,
-                                     speculative_generate, truncate_cache)
-from ais.device import synchronize
+                                     speculative_generate)
+from ais.device import Stopwatch, time_interleaved
 from ais.evaluation.statistics import mean_interval, ratio_of_rates_interval
-from ais.evaluation.timing import time_interleaved
-from ais.model.gating import SkipPlan
+from ais.model.engine import Engine
+from ais.model.plan import SkipPlan
 from ais.model.prompts import chat_ids, context_length
+from ais.routing.budget import n_layers_to_skip
 
 BASELINES = ("generate", "generate_prompt_lookup")  # transformers, as a user calls it
 CHOICES = ("routed_skip", "clasp", "prompt_lookup")  # what a category may choose instead of no draft
@@ -46,24 +44,22 @@ def generate_baseline(model, ids: list[int], max_new_tokens: int, eos_token_id: 
     when given; tokens up to and including the end-of-sequence token."""
     x = torch.tensor([ids], device=model.device)
     extra = {"prompt_lookup_num_tokens": lookup} if lookup else {}
-    synchronize(model.device)
-    start = time.perf_counter()
-    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=eos_token_id, pad_token_id=model.generation_config.pad_token_id or 0,
-                         top_p=None, top_k=None, temperature=None, **extra)
-    tokens = out[0, len(ids):].tolist()
-    synchronize(model.device)
-    return tokens, time.perf_counter() - start
+    with Stopwatch(model.device) as clock:
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=eos_token_id, pad_token_id=model.generation_config.pad_token_id or 0,
+                             top_p=None, top_k=None, temperature=None, **extra)
+        tokens = out[0, len(ids):].tolist()
+    return tokens, clock.seconds
 
 
 @torch.inference_mode()
 def continuation_logits(model, ids: list[int], tokens: list[int], k: int = 1) -> torch.Tensor:
     """Logits (len(tokens) x vocab, float32) that predict each of `tokens` after the prompt `ids`: the
     prefill, then cached forwards of k tokens (k = 1: as `generate` computes them; k > 1: as a verify)."""
-    cache = DynamicCache(config=model.config)
-    rows = [prefill_logits(model, ids, cache)]
+    flight, first = prefill_logits(Engine(model), ids)
+    rows = [first]
     for start in range(0, len(tokens) - 1, k):
-        rows.append(forward_tokens(model, tokens[start:min(start + k, len(tokens) - 1)], cache))
+        rows.append(forward_tokens(flight, tokens[start:min(start + k, len(tokens) - 1)]))
     return torch.cat(rows).float()
 
 
@@ -95,14 +91,13 @@ def margin_at_divergence(steps: torch.Tensor, reference: list[int], tokens: list
 def verify_cost(model, ids: list[int], max_tokens: int, warmup: int = 2, repeats: int = 10) -> dict[int, float]:
     """Median milliseconds of one cached full-model forward over n = 1..max_tokens new tokens after
     `ids`: what a verify step of n tokens costs (n = 1 is a plain decoding step)."""
-    cache = DynamicCache(config=model.config)
-    forward_tokens(model, ids, cache)
-    filled = cache.get_seq_length()
+    flight, _ = prefill_logits(Engine(model), ids)
+    filled = flight.cache.length(0)
 
     def step(n: int):
         def call():
-            forward_tokens(model, ids[-n:], cache)
-            truncate_cache(cache, filled)
+            forward_tokens(flight, ids[-n:])
+            flight.truncate(filled)
         return call
 
     times = time_interleaved({n: step(n) for n in range(1, max_tokens + 1)}, model.device, warmup, repeats)
@@ -112,11 +107,9 @@ def verify_cost(model, ids: list[int], max_tokens: int, warmup: int = 2, repeats
 def route_seconds(decoder, tokenizer, prompt: str):
     """(route, seconds) of routing one prompt on its own: router forward and map lookup (what a
     verifier in another dtype than the router's model pays on top of its prefill)."""
-    synchronize(decoder.model.device)
-    start = time.perf_counter()
-    route = decoder.route_prompts(tokenizer, [prompt], mode="hard")[0]
-    synchronize(decoder.model.device)
-    return route, time.perf_counter() - start
+    with Stopwatch(decoder.model.device) as clock:
+        route = decoder.route_prompts(tokenizer, [prompt], mode="full")[0]
+    return route, clock.seconds
 
 
 OTHER_DTYPE = ("none", "prompt_lookup")  # beside the baselines in the dtype the system does not run in
@@ -129,6 +122,11 @@ def variants(dtypes: list[str], system_dtype: str) -> list[tuple[str, str]]:
     in both dtypes is the tests' job)."""
     out = [(system_dtype, name) for name in BASELINES + DRAFTERS + (SYSTEM, *ABLATIONS)]
     return out + [(d, name) for d in dtypes if d != system_dtype for name in BASELINES + OTHER_DTYPE]
+
+
+def draft_layers(decoder, settings: dict) -> int:
+    """Layers the routed draft skips: `lossless.draft_fraction` of the model's."""
+    return n_layers_to_skip(settings["draft_fraction"], decoder.engine.n_layers)
 
 
 def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: str, settings: dict,
@@ -145,7 +143,7 @@ def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: st
 
     def drafter_for(route):
         drafter_name = chosen.get(route.category, "none") if name == SYSTEM else name
-        plan = decoder.plan_for(route.category, settings["draft_fraction"], mode="hard") if route else SkipPlan()
+        plan = decoder.plan_for(route.category, draft_layers(decoder, settings), mode="hard") if route else SkipPlan()
         made.append(make_drafter(drafter_name, plan, settings["confidence"], settings["ngram"],
                                  decoder.skippable_layers(), settings["clasp_interval"]))
         return made[-1]
@@ -158,7 +156,7 @@ def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: st
     else:
         route, routing = route_seconds(decoder, tokenizer, prompt)
         drafter, router = drafter_for(route), None
-    tokens, stats = speculative_generate(model, ids, n_new, drafter, gamma, eos_token_id=eos, router=router)
+    tokens, stats = speculative_generate(Engine(model), ids, n_new, drafter, gamma, eos_token_id=eos, router=router)
     return tokens, {"seconds": stats.seconds + routing, "steps": stats.steps, "drafted": stats.drafted,
                     "accepted": stats.accepted, "draft_seconds": stats.draft_seconds,
                     "verify_seconds": stats.verify_seconds, "threshold": getattr(made[-1], "threshold", None),
@@ -177,7 +175,7 @@ def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str
     rows = []
     for category in tqdm(sorted(prompts_by_category), desc=f"lossless {split}", unit="category", disable=not progress):
         for i, prompt in enumerate(prompts_by_category[category]):
-            routed_category = decoder.route_prompts(tokenizer, [prompt], mode="hard")[0].category  # bookkeeping
+            routed_category = decoder.route_prompts(tokenizer, [prompt], mode="full")[0].category  # bookkeeping
             ids = chat_ids(tokenizer, prompt, limit)
             done = {}
             for j in rng.permutation(len(pairs)):  # a fresh order per prompt: drift hits all alike

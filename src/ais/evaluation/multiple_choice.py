@@ -1,11 +1,13 @@
 """Multiple-choice benchmarks under skipping, scored by lm-evaluation-harness with its own task
 definitions (prompts, metrics, HellaSwag's preprocessing), zero-shot and offline.
 
-Data: one JSONL file per benchmark (`benchmarks.write_benchmarks`). At run time a local task YAML per benchmark `include`s the harness's own YAML and replaces only the data source
-and split (`write_task_configs`). The model is the harness's HFLM with two changes (`SkipLM`): each
-request is scored under the skip plan its context is given by a plan chooser, and the options of a
-question are scored in one packed sequence (the context once, each option attending to it and to
-itself): the same log-likelihoods as HFLM's (tested), about half the compute."""
+Data: one JSONL file per benchmark (`benchmarks.write_benchmarks`). At run time a local task YAML per
+benchmark `include`s the harness's own YAML and replaces only the data source and split
+(`write_task_configs`). The model is the harness's HFLM with two changes (`SkipLM`): each request is
+scored by the engine under the skip plan its context is given by a plan chooser (every row of a batch
+under its own plan, in one pass), and the options of a question are scored in one packed sequence
+(the context once, each option attending to it and to itself): the same log-likelihoods as HFLM's
+(tested), about half the compute."""
 from __future__ import annotations
 
 import logging
@@ -29,10 +31,13 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from ais.decoding.greedy import decode, prefill  # noqa: E402
 from ais.evaluation.benchmarks import BENCHMARKS, BenchmarkError, check_data, check_names  # noqa: E402
-from ais.evaluation.statistics import mean_interval, mean_of_means_interval  # noqa: E402
-from ais.model.gating import NO_SKIP, SkipPlan, group_by_plan, skipping  # noqa: E402
-from ais.routing.plans import OTHER_MODE, make_plan, random_layers  # noqa: E402
+from ais.evaluation.statistics import mean_interval, mean_of_means_interval, rounded  # noqa: E402
+from ais.methods import make  # noqa: E402
+from ais.model.engine import Engine  # noqa: E402
+from ais.model.plan import NO_SKIP, SkipPlan, make_plan  # noqa: E402
+from ais.routing.budget import OTHER_MODE  # noqa: E402
 
 PlanChooser = Callable[[list[str]], list[SkipPlan]]  # contexts -> one plan per context
 
@@ -104,56 +109,57 @@ def no_skip(contexts: list[str]) -> list[SkipPlan]:
 
 @register_model("ais")
 class SkipLM(HFLM):
-    """The harness's HFLM on an already loaded model, each request scored under the plan that
-    `choose_plans` gives its context. Every distinct context is given its plan once (one call per
-    request batch); requests sharing a plan are scored together by HFLM, under `skipping`."""
+    """The harness's HFLM on an already loaded model, each request scored by the engine under the
+    plan that `choose_plans` gives its context: every distinct context is given its plan once (one
+    call per request list), and a batch's rows run under their own plans in one pass. Generation
+    (`generate_until`) is greedy, on the engine, every row under its own plan; rolling
+    log-likelihoods are scored one document at a time under its plan."""
 
     def __init__(self, model, tokenizer, choose_plans: PlanChooser = no_skip, batch_size: int = 16, **kwargs):
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
         self.choose_plans = choose_plans
+        self.engine = Engine(model)
+        self._plans: dict[str, SkipPlan] = {}
+        self._by_tokens: dict[tuple, SkipPlan] = {}
+        self._document_plan: SkipPlan | None = None
 
     def plans_for(self, contexts: list[str]) -> dict[str, SkipPlan]:
-        """{context: plan} for the distinct contexts."""
-        distinct = list(dict.fromkeys(contexts))
+        """{context: plan} for the distinct contexts (kept for the requests' scoring)."""
+        distinct = [c for c in dict.fromkeys(contexts) if c not in self._plans]
         plans = list(self.choose_plans(distinct)) if distinct else []
         if len(plans) != len(distinct) or not all(isinstance(p, SkipPlan) for p in plans):
             raise BenchmarkError(f"the plan chooser must return one SkipPlan per context: got {len(plans)} "
                                  f"values for {len(distinct)} contexts")
-        return dict(zip(distinct, plans))
-
-    def _by_plan(self, requests, score, disable_tqdm: bool) -> list:
-        """`score(sub-requests)` per plan group, under that plan; results in the original order."""
-        plans = self.plans_for([req.args[0] for req in requests])
-        results = [None] * len(requests)
-        groups = group_by_plan(plans[req.args[0]] for req in requests)
-        bar = tqdm(total=len(requests), desc="requests", unit="req", disable=disable_tqdm or len(groups) == 1,
-                   leave=False)
-        for plan, members in groups.items():
-            with skipping(self.model, plan):
-                scores = score([requests[i] for i in members], disable_tqdm=disable_tqdm or len(groups) > 1)
-            for i, value in zip(members, scores):
-                results[i] = value
-            bar.update(len(members))
-        bar.close()
-        return results
+        self._plans.update(zip(distinct, plans))
+        return {c: self._plans[c] for c in contexts}
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._by_plan(requests, super().loglikelihood, disable_tqdm)
+        self.plans_for([req.args[0] for req in requests])
+        return super().loglikelihood(requests, disable_tqdm)
+
+    def _plan_of(self, request) -> SkipPlan:
+        key = request[0]
+        if isinstance(key, tuple) and key and key[0] in self._plans:
+            return self._plans[key[0]]
+        if self._document_plan is not None:
+            return self._document_plan
+        raise BenchmarkError(f"no plan was chosen for the context of request {key!r}")
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         """HFLM's token scoring, (log-likelihood, is greedy) per request, with every distinct context
-        run once and its continuations packed after it; longest first, `batch_size` contexts a batch.
-        Contexts whose pack exceeds the model's length go to HFLM's own (truncating) scoring."""
+        run once and its continuations packed after it, each under its own plan; longest first,
+        `batch_size` contexts a batch. Contexts whose pack exceeds the model's length go to HFLM's own
+        (truncating) scoring, one plan at a time."""
         by_context: dict[tuple, list[int]] = {}
         for i, (_, context, continuation) in enumerate(requests):
-            by_context.setdefault(tuple(context), []).append(i)
-        size = {c: len(c) + sum(len(requests[i][2]) for i in members) for c, members in by_context.items()}
-        too_long = [i for c, members in by_context.items() if size[c] > self.max_length for i in members]
+            by_context.setdefault((self._plan_of(requests[i]), tuple(context)), []).append(i)
+        size = {c: len(c[1]) + sum(len(requests[i][2]) for i in members) for c, members in by_context.items()}
+        too_long = [c for c in by_context if size[c] > self.max_length]
         contexts = sorted((c for c in by_context if size[c] <= self.max_length), key=lambda c: -size[c])
         results: list = [None] * len(requests)
-        if too_long:
-            for i, value in zip(too_long, super()._loglikelihood_tokens([requests[i] for i in too_long],
-                                                                        disable_tqdm, override_bs)):
+        for key in too_long:  # HFLM's own path: one forward per request, the plan as the only plan of the batch
+            members = by_context[key]
+            for i, value in zip(members, self._hflm_scores([requests[i] for i in members], key[0], override_bs)):
                 results[i] = value
         batch = int(override_bs or self.batch_size)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -161,18 +167,60 @@ class SkipLM(HFLM):
                           disable=disable_tqdm):
             chunk = contexts[start:start + batch]
             owners = [i for c in chunk for i in by_context[c]]
-            packed = pack_options([(list(c), [requests[i][2] for i in by_context[c]]) for c in chunk], pad,
-                                  self.model.dtype)
-            for i, value in zip(owners, score_packed(self.model, packed, self.device)):
+            packed = pack_options([(list(c[1]), [requests[i][2] for i in by_context[c]]) for c in chunk], pad)
+            for i, value in zip(owners, score_packed(self.engine, packed, self.device, [c[0] for c in chunk])):
                 results[i] = value
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], value)
         return results
 
+    def _hflm_scores(self, requests, plan: SkipPlan, override_bs):
+        """Requests too long to pack, scored by HFLM's own truncating path with the engine as the model."""
+        engine = self.engine
+
+        def call(inps, attn_mask=None, labels=None):
+            hidden = engine.forward(inps, None, [plan] * inps.shape[0])
+            return engine.head(hidden)
+
+        original = self._model_call
+        self._model_call = call
+        try:
+            return super()._loglikelihood_tokens(requests, True, override_bs)
+        finally:
+            self._model_call = original
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._by_plan(requests, super().loglikelihood_rolling, disable_tqdm)
+        plans = self.plans_for([req.args[0] for req in requests])
+        out = []
+        for req in requests:
+            self._document_plan = plans[req.args[0]]
+            try:
+                out += super().loglikelihood_rolling([req], disable_tqdm=True)
+            finally:
+                self._document_plan = None
+        return out
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._by_plan(requests, super().generate_until, disable_tqdm)
+        plans = self.plans_for([req.args[0] for req in requests])
+        self._by_tokens = {tuple(self.tok_encode(c)[-32:]): p for c, p in plans.items()}
+        return super().generate_until(requests, disable_tqdm)
+
+    def _model_generate(self, context, max_length: int, stop, **generation_kwargs):
+        """Greedy generation on the engine, each row under its context's plan (sampling is refused)."""
+        if generation_kwargs.get("do_sample"):
+            raise BenchmarkError("SkipLM generates greedily only (do_sample=True was asked)")
+        mask = generation_kwargs.get("attention_mask")
+        mask = torch.ones_like(context) if mask is None else mask
+        plans = []
+        for row, row_mask in zip(context.tolist(), mask.tolist()):
+            ids = tuple(t for t, m in zip(row, row_mask) if m)
+            plan = self._by_tokens.get(ids[-32:])
+            if plan is None:
+                raise BenchmarkError("a generation's context has no plan (its tokens match no request's context)")
+            plans.append(plan)
+        flight, logits = prefill(self.engine, {"input_ids": context, "attention_mask": mask}, plans)
+        new, _ = decode(flight, logits.argmax(-1), max_length - context.shape[1], self.eot_token_id,
+                        self.tokenizer.pad_token_id or 0)
+        return torch.cat([context, new], 1)
 
     def get_model_info(self) -> dict:
         """What the harness records about the model, without asking the hub for a revision."""
@@ -191,10 +239,10 @@ class Packed:
     options: list[tuple[int, list[int], list[int]]]
 
 
-def pack_options(questions: list[tuple[list[int], list[list[int]]]], pad_id: int, dtype: torch.dtype) -> Packed:
+def pack_options(questions: list[tuple[list[int], list[list[int]]]], pad_id: int) -> Packed:
     """One row per (context, continuations): the context, then each continuation at the positions
     it would have after the context alone, attending causally to the context and to itself only.
-    Padding attends to itself (no empty softmax row)."""
+    Padding attends to itself (no empty softmax row). The mask is boolean (True = attend)."""
     lengths = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in questions]
     rows, width = len(questions), max(lengths)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -215,19 +263,19 @@ def pack_options(questions: list[tuple[list[int], list[list[int]]]], pad_id: int
             allowed[row, offset:offset + k, offset:offset + k] = torch.ones(k, k, dtype=torch.bool).tril()
             options.append((row, [n - 1] + list(range(offset, offset + k - 1)), continuation))
             offset += k
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return Packed(ids, mask.unsqueeze(1), positions, options)
+    return Packed(ids, allowed.unsqueeze(1), positions, options)
 
 
 @torch.no_grad()
-def score_packed(model, packed: Packed, device) -> list[tuple[float, bool]]:
+def score_packed(engine, packed: Packed, device, plans: list[SkipPlan] | None = None) -> list[tuple[float, bool]]:
     """(sum of log-probabilities, every token the argmax) per option, as HFLM computes them
-    (log-softmax in the model's dtype); only the scored positions go through the vocabulary head."""
-    hidden = model.model(input_ids=packed.input_ids.to(device), attention_mask=packed.attention_mask.to(device),
-                         position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state
+    (log-softmax in the model's dtype), each packed row under its own plan; only the scored positions
+    go through the final norm and the head."""
+    hidden = engine.forward(packed.input_ids.to(device), packed.attention_mask.to(device), plans,
+                            position_ids=packed.position_ids.to(device))
     rows = torch.tensor([row for row, positions, _ in packed.options for _ in positions], device=device)
     columns = torch.tensor([p for _, positions, _ in packed.options for p in positions], device=device)
-    logprobs = torch.log_softmax(model.lm_head(hidden[rows, columns]), dim=-1)
+    logprobs = torch.log_softmax(engine.head(hidden[rows, columns]), dim=-1)
     out, start = [], 0
     for _, _, continuation in packed.options:
         part = logprobs[start:start + len(continuation)]
@@ -262,36 +310,31 @@ class RouteCache:
         return [r.category for r in self.routes(contexts)]
 
 
-def skip_conditions(decoder, tokenizer, seed: int,
+def skip_conditions(decoder, tokenizer, seed: int, methods: Sequence[str] = ("global", "random"),
                     other_mode: bool = False) -> tuple[dict[str, PlanChooser], RouteCache]:
-    """The plan choosers of the conditions validate also compares, all in `skip.mode`:
-    full (no skip); routed (the context's plan of kind `skip.plan`: its routed category's by default,
-    its nearest map entries' or its own layer scores); global (one plan for every context, from the
-    pooled importance, as many layers as the routed plan); random (as many layers drawn at random
-    from the range a routed plan may use, one draw per context, seeded); routed_<other mode> (the
-    routed layers in the other mode) only with `other_mode`. Every plan skips the context too."""
+    """The plan choosers of the conditions, all in `skip.mode`: full (no skip); routed (the context's
+    plan by `skip.plan`'s method); each named method with as many layers as the routed plan of the
+    context (global: one plan for every context; random: layers drawn at random from the range a
+    plan may use, one seeded draw per context); routed_<other mode> (the routed layers in the other
+    mode) only with `other_mode`. Every plan skips the context too."""
     settings, routes = decoder.settings, RouteCache(decoder, tokenizer)
-    mode, other, alpha = settings.mode, OTHER_MODE[settings.mode], settings.alpha
-    n_layers = decoder.model.config.num_hidden_layers
-    rng = np.random.default_rng(seed)
-    drawn: dict[str, SkipPlan] = {}
+    other = OTHER_MODE[settings.mode]
+    decoder.setup.seed = seed
 
-    def routed(contexts, in_mode=mode):
-        return [decoder.plan_of(r.category, r.neighbours, r.scores, mode=in_mode) for r in routes.routes(contexts)]
+    def routed(contexts):
+        return [r.plan for r in routes.routes(contexts)]
+
+    def of(method):
+        def choose(contexts):
+            requests = decoder.requests(routes.routes(contexts), contexts)
+            return [method.plan(q, decoder.setup.budget(len(p.layers))) for q, p in zip(requests, routed(contexts))]
+        return choose
 
     def routed_other(contexts):
-        return routed(contexts, other)
+        return [make_plan(p.layers, other, settings.alpha) for p in routed(contexts)]
 
-    def global_(contexts):
-        return [make_plan(decoder.global_layers(len(p.layers)), mode, alpha) for p in routed(contexts)]
-
-    def random_(contexts):
-        for context, plan in zip(contexts, routed(contexts)):
-            if context not in drawn:
-                drawn[context] = make_plan(random_layers(n_layers, decoder.pivot, len(plan.layers), rng), mode, alpha)
-        return [drawn[c] for c in contexts]
-
-    conditions = {"full": no_skip, "routed": routed, "global": global_, "random": random_}
+    conditions = {"full": no_skip, "routed": routed}
+    conditions.update({name: of(make(name, decoder.setup)) for name in methods})
     if other_mode:
         conditions[f"routed_{other}"] = routed_other
     return conditions, routes
@@ -349,14 +392,10 @@ def evaluate(model, tokenizer, data_dir: Path | str, names: Sequence[str], condi
     return summarise(rows, list(conditions), seed), rows
 
 
-def _rounded(values: dict, digits: int = 4) -> dict:
-    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
-
-
 def _interval(values, seed: int, prefix: str) -> dict:
     """Mean and 95% interval as flat keys (prefix, prefix_ci_low, prefix_ci_high); n is kept once per benchmark."""
     interval = mean_interval(values, seed)
-    return _rounded({k: v for k, v in interval.as_dict(prefix).items() if k != f"{prefix}_n"})
+    return rounded({k: v for k, v in interval.as_dict(prefix).items() if k != f"{prefix}_n"})
 
 
 def _comparisons(conditions: list[str]) -> dict[str, tuple[str, str | None]]:
@@ -402,7 +441,7 @@ def summarise(rows: list[dict], conditions: list[str], seed: int) -> dict:
         for (name, prefix, m), easy in values.items():
             if name == "arc_easy":
                 interval = mean_of_means_interval([easy, values["arc_challenge", prefix, m]], seed)
-                average.update(_rounded({k: v for k, v in interval.as_dict(f"{prefix}_{m}").items()
+                average.update(rounded({k: v for k, v in interval.as_dict(f"{prefix}_{m}").items()
                                          if not k.endswith("_n")}))
         average[f"published_{PUBLISHED_METRIC}"] = round(PUBLISHED["arc_average"] / 100, 4)
         out["arc_average"] = average

@@ -98,3 +98,8 @@ def verdict(name: str, interval: Interval, digits: int = 3) -> str:
         return f"{name}: {interval.text(digits)}, no measurable difference (the 95% interval contains 0)"
     direction = "higher" if interval.mean > 0 else "lower"
     return f"{name}: {interval.text(digits)}, measurably {direction} (the 95% interval excludes 0)"
+
+
+def rounded(values: dict, digits: int = 4) -> dict:
+    """Every float of a flat metrics dict rounded (what the metrics files hold)."""
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}

@@ -1,13 +1,16 @@
-"""Throughput of the routed decoder against the full model: requests/s of one prefill forward and
-tokens/s of greedy generation, the router inside the clock, on batches that mix categories (as
-real traffic would), the variants interleaved in a random order."""
+"""Throughput of mixed traffic: batches whose rows come from different categories, so that every
+row has its own plan. Prefill requests/s and generation tokens/s of the full model, the routed plan
+(router included), the global plan with the same number of layers (one plan for the whole batch),
+and the prompt's own plan (its prefill runs every layer), timed interleaved, medians of repeats with
+the interquartile range; and whether each row of a mixed batch generates what the same request
+generates alone."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ais.decoding.greedy import next_token_logits, plain_generate
-from ais.decoding.routed import RoutedDecoder
-from ais.evaluation.timing import summary, time_interleaved
+from ais.decoding.greedy import decode, prefill
+from ais.device import summary, time_interleaved
 from ais.model.prompts import context_length, encode_prompts
 
 
@@ -17,33 +20,51 @@ def skipped_fraction(routes, n_layers: int) -> dict[str, float]:
             "hard": float(np.mean([len(r.plan.hard) for r in routes])) / n_layers}
 
 
-def prefill_benchmark(decoder: RoutedDecoder, tokenizer, prompts: list[str], batch_sizes: list[int],
-                      warmup: int, repeats: int) -> list[dict]:
-    """Requests/s of one forward over a batch: full model, the routed plan in `skip.mode` (router
-    included), the same plan applied statically (no router), and the router alone."""
-    model = decoder.model
+def _ratio(a: np.ndarray, b: np.ndarray) -> dict:
+    """Per-repeat ratio of rates b/a (a, b: seconds of the same work), median and quartiles."""
+    ratios = np.asarray(b) / np.asarray(a)
+    q1, med, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"median": round(float(med), 4), "q1": round(float(q1), 4), "q3": round(float(q3), 4)}
+
+
+def _methods(decoder, n: int) -> dict:
+    """The routed decoder, and the same router with the global and prompt plans, each at n layers."""
+    return {"routed": decoder, "global": decoder.with_plan("global"), "prompt": decoder.with_plan("prompt")}
+
+
+def prefill_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: list[int], warmup: int,
+                      repeats: int) -> list[dict]:
+    """Requests/s of one prefill of a batch (next-token logits): full model, the routed plan in
+    `skip.mode` (router included: its layers are the prefill's first), the global plan with as many
+    layers as the routed plans have on average, and the router alone."""
+    engine = decoder.engine
     rows = []
     for size in batch_sizes:
         chosen = [prompts[i % len(prompts)] for i in range(size)]
-        batch = encode_prompts(tokenizer, chosen, model.device, context_length(model))
-        _, routes = decoder.next_token_logits(batch)
-        plan = routes[0].plan
+        batch = encode_prompts(tokenizer, chosen, engine.device, context_length(engine.model))
+        _, _, routes = decoder.prefill(batch)
+        n = int(round(np.mean([len(r.plan.layers) for r in routes])))
+        glob = decoder.with_plan("global")
         times = time_interleaved({
-            "full": lambda: next_token_logits(model, batch),
-            "routed": lambda: decoder.next_token_logits(batch),
-            "static_plan": lambda: next_token_logits(model, batch, plan),
-            "router_only": lambda: decoder.route_embeddings(decoder.prefix(batch)[2]),
-        }, model.device, warmup, repeats)
+            "full": lambda: prefill(engine, batch),
+            "routed": lambda: decoder.prefill(batch),
+            "global": lambda: glob.prefill(batch, layers=n),
+            "router_only": lambda: engine.forward(batch["input_ids"], batch["attention_mask"], stop=decoder.pivot),
+        }, engine.device, warmup, repeats)
         stats = {name: summary(t) for name, t in times.items()}
-        skipped = skipped_fraction(routes, model.config.num_hidden_layers)
+        skipped = skipped_fraction(routes, engine.n_layers)
+        tokens = int(batch["attention_mask"].sum())
         rows.append({
-            "batch_size": size, "n_tokens": int(batch["input_ids"].shape[1]), "plans_in_batch": len({r.plan for r in routes}),
-            "skipped_fraction": round(skipped["all"], 4),
+            "batch_size": size, "n_tokens": int(batch["input_ids"].shape[1]), "real_tokens": tokens,
+            "padding_share": round(1 - tokens / batch["input_ids"].numel(), 4),
+            "plans_in_batch": len({r.plan for r in routes}), "skipped_fraction": round(skipped["all"], 4),
             "full_req_per_s": round(size / stats["full"]["median_s"], 2),
             "routed_req_per_s": round(size / stats["routed"]["median_s"], 2),
-            "static_plan_req_per_s": round(size / stats["static_plan"]["median_s"], 2),
+            "global_req_per_s": round(size / stats["global"]["median_s"], 2),
+            "full_real_tok_per_s": round(tokens / stats["full"]["median_s"], 1),
             "speedup_routed": round(stats["full"]["median_s"] / stats["routed"]["median_s"], 4),
-            "speedup_static_plan": round(stats["full"]["median_s"] / stats["static_plan"]["median_s"], 4),
+            "speedup_global": round(stats["full"]["median_s"] / stats["global"]["median_s"], 4),
+            "routed_over_global": _ratio(times["routed"], times["global"]),
             "ideal_speedup": round(1 / (1 - skipped["hard"]), 4),
             "router_fraction_of_full": round(stats["router_only"]["median_s"] / stats["full"]["median_s"], 4),
             **{f"{name}_{k}": round(v, 6) for name, s in stats.items() for k, v in s.items()},
@@ -51,28 +72,59 @@ def prefill_benchmark(decoder: RoutedDecoder, tokenizer, prompts: list[str], bat
     return rows
 
 
-def generation_benchmark(decoder: RoutedDecoder, tokenizer, prompts: list[str], batch_sizes: list[int],
-                         new_tokens: int, warmup: int, repeats: int) -> list[dict]:
-    """Greedy tokens/s (no early stop), full model vs the routed plan in `skip.mode`, the same
-    decoding loop for both."""
-    model = decoder.model
+def generation_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: list[int], new_tokens: int,
+                         warmup: int, repeats: int) -> list[dict]:
+    """Greedy tokens/s (no early stop) of whole requests, rows of mixed categories: the full model, the
+    routed plan, the global plan at the same mean layer count, the prompt's own plan; and the per-repeat
+    ratio of the routed and prompt plans' speed to the global plan's."""
+    engine = decoder.engine
     rows = []
     for size in batch_sizes:
         chosen = [prompts[i % len(prompts)] for i in range(size)]
-        batch = encode_prompts(tokenizer, chosen, model.device, context_length(model) - new_tokens)
-        times = time_interleaved({
-            "full": lambda: plain_generate(model, batch, new_tokens),
-            "routed": lambda: decoder.generate(batch, new_tokens),
-        }, model.device, warmup, repeats)
+        batch = encode_prompts(tokenizer, chosen, engine.device, context_length(engine.model) - new_tokens)
+        _, routes, _ = decoder.generate(batch, 1)
+        n = int(round(np.mean([len(r.plan.layers) for r in routes])))
+        others = _methods(decoder, n)
+
+        def full():
+            flight, logits = prefill(engine, batch)
+            return decode(flight, logits.argmax(-1), new_tokens)
+
+        calls = {"full": full, **{name: (lambda d=d: d.generate(batch, new_tokens, layers=n if d is not decoder else None))
+                                  for name, d in others.items()}}
+        times = time_interleaved(calls, engine.device, warmup, repeats)
         stats = {name: summary(t) for name, t in times.items()}
-        _, routes = decoder.generate(batch, 1)
-        skipped = skipped_fraction(routes, model.config.num_hidden_layers)
+        skipped = skipped_fraction(routes, engine.n_layers)
         rows.append({
-            "batch_size": size, "new_tokens": new_tokens, "skipped_fraction": round(skipped["all"], 4),
-            "full_tok_per_s": round(size * new_tokens / stats["full"]["median_s"], 2),
-            "routed_tok_per_s": round(size * new_tokens / stats["routed"]["median_s"], 2),
+            "batch_size": size, "new_tokens": new_tokens, "categories_in_batch": len({r.category for r in routes}),
+            "plans_in_batch": len({r.plan for r in routes}), "skipped_fraction": round(skipped["all"], 4),
+            "layers": n, **{f"{name}_tok_per_s": round(size * new_tokens / stats[name]["median_s"], 2) for name in calls},
             "speedup_routed": round(stats["full"]["median_s"] / stats["routed"]["median_s"], 4),
+            "speedup_global": round(stats["full"]["median_s"] / stats["global"]["median_s"], 4),
+            "speedup_prompt": round(stats["full"]["median_s"] / stats["prompt"]["median_s"], 4),
+            "routed_over_global": _ratio(times["routed"], times["global"]),
+            "prompt_over_global": _ratio(times["prompt"], times["global"]),
             "ideal_speedup": round(1 / (1 - skipped["hard"]), 4),
             **{f"{name}_{k}": round(v, 6) for name, s in stats.items() for k, v in s.items()},
         })
     return rows
+
+
+@torch.inference_mode()
+def mixed_batch_exactness(decoder, tokenizer, prompts: list[str], batch_sizes: list[int], new_tokens: int) -> dict:
+    """Per batch size and plan (routed, prompt): the share of rows of a mixed batch whose greedy tokens
+    equal the same request's generated alone, and the first rows that differ."""
+    out = {}
+    device = decoder.engine.device
+    for name, d in (("routed", decoder), ("prompt", decoder.with_plan("prompt"))):
+        for size in batch_sizes:
+            chosen = [prompts[i % len(prompts)] for i in range(size)]
+            batch = encode_prompts(tokenizer, chosen, device, context_length(decoder.model) - new_tokens)
+            together, _, _ = d.generate(batch, new_tokens)
+            same = []
+            for j, prompt in enumerate(chosen):
+                alone, _, _ = d.generate(encode_prompts(tokenizer, [prompt], device), new_tokens)
+                same.append(bool(torch.equal(together[j], alone[0])))
+            out[f"{name}@B{size}"] = {"rows": size, "identical_share": round(float(np.mean(same)), 4),
+                                      "differing_rows": [j for j, s in enumerate(same) if not s]}
+    return out

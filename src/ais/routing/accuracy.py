@@ -3,22 +3,13 @@ pivot-layer sweep."""
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import silhouette_score
 
+from ais.device import time_interleaved
 from ais.routing.topomap import TopoMap, centroid_recall, knn_homogeneity
-
-
-def _per_second(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def routing_metrics(topo: TopoMap, rows: list[dict], vectors: np.ndarray, k: int, homogeneity_k: int):
@@ -53,9 +44,10 @@ def routing_metrics(topo: TopoMap, rows: list[dict], vectors: np.ndarray, k: int
 def router_cost(topo: TopoMap, queries: np.ndarray, k: int) -> dict:
     """Median microseconds per prompt of each router's lookup (the router forward not included)."""
     out = {"n_queries": len(queries)}
-    for kind in ("knn", "learned"):
-        seconds = _per_second(lambda: topo.predict(queries, k, kind))
-        out[f"{kind}_microseconds_per_prompt"] = round(1e6 * seconds / len(queries), 2)
+    seconds = time_interleaved({kind: (lambda kind=kind: topo.predict(queries, k, kind)) for kind in ("knn", "learned")},
+                               "cpu", 1, 5)
+    for kind, times in seconds.items():
+        out[f"{kind}_microseconds_per_prompt"] = round(1e6 * float(np.median(times)) / len(queries), 2)
     return out
 
 

@@ -1,7 +1,7 @@
 """The router embedding: the hidden state after the first `pivot` layers, pooled over tokens.
 
-The forward stops after layer `pivot - 1` (a hook stores that layer's raw output and raises),
-so the layers past the pivot never run; the value equals `output_hidden_states[pivot]`.
+The engine runs layers 0..pivot-1 only (`stop=pivot`), so the layers past the pivot never run; the
+value equals `output_hidden_states[pivot]` of a full forward with the same positions.
 """
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ import torch
 from tqdm import tqdm
 
 from ais.files import load_npz, sha256_file
-from ais.model.forward import recording_influence
-from ais.model.gating import decoder_layers
+from ais.model.engine import Engine, Record
+from ais.model.plan import decoder_layers
 from ais.model.prompts import context_length, encode_prompts
-
-
-class _Stop(Exception):
-    """Raised by the pivot hook to end the forward early."""
 
 
 def default_pivot(n_layers: int) -> int:
@@ -43,22 +39,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 @torch.inference_mode()
 def pivot_hidden(model, batch: dict, pivot: int) -> torch.Tensor:
     """Raw hidden states (B x T x H) after layer `pivot - 1`; later layers do not run."""
-    layers = decoder_layers(model)
-    check_pivot(pivot, len(layers))
-    captured = {}
-
-    def hook(module, args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-        raise _Stop
-
-    handle = layers[pivot - 1].register_forward_hook(hook)
-    try:
-        model.model(**batch, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured["hidden"]
+    check_pivot(pivot, len(decoder_layers(model)))
+    return Engine(model).forward(batch["input_ids"], batch["attention_mask"], stop=pivot)
 
 
 def router_embedding(model, batch: dict, pivot: int, pooling: str = "last") -> torch.Tensor:
@@ -89,33 +71,24 @@ def embed_batches(model, tokenizer, prompts: list[str], batches: list[list[int]]
     forward per batch: the router's layers only, or with `scores` every layer, which also gives each
     prompt's own block influence (1 - cos(layer input, output), averaged over its tokens); the
     embedding is the state after layer `pivot - 1` either way."""
-    layers = decoder_layers(model)
-    check_pivot(pivot, len(layers))
+    engine = Engine(model)
+    check_pivot(pivot, engine.n_layers)
     indices = [i for batch in batches for i in batch]
     vectors = np.zeros((len(indices), model.config.hidden_size), dtype=np.float32)
-    influence_rows = np.zeros((len(indices), len(layers)), dtype=np.float32) if scores else None
-    captured = {}
-    handle = layers[pivot - 1].register_forward_hook(
-        lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output))
+    influence_rows = np.zeros((len(indices), engine.n_layers), dtype=np.float32) if scores else None
     desc = f"router embeddings (pivot {pivot})" + (" and layer scores" if scores else "")
     row = 0
-    try:
-        with tqdm(total=len(indices), desc=desc, unit="prompt", disable=not progress, mininterval=2.0) as bar:
-            for idx in batches:
-                batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
-                if scores:
-                    with recording_influence(model, batch["attention_mask"]) as influence:
-                        model.model(**batch, use_cache=False)
-                    influence_rows[row:row + len(idx)] = torch.stack([influence[i] for i in range(len(layers))],
-                                                                     1).cpu().numpy()
-                    hidden = captured["hidden"]
-                else:
-                    hidden = pivot_hidden(model, batch, pivot)
-                vectors[row:row + len(idx)] = pool(hidden, batch["attention_mask"], pooling).float().cpu().numpy()
-                row += len(idx)
-                bar.update(len(idx))
-    finally:
-        handle.remove()
+    with tqdm(total=len(indices), desc=desc, unit="prompt", disable=not progress, mininterval=2.0) as bar:
+        for idx in batches:
+            batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
+            record = Record(influence=scores, outputs=(pivot - 1,))
+            engine.forward(batch["input_ids"], batch["attention_mask"], stop=None if scores else pivot, record=record)
+            if scores:
+                influence_rows[row:row + len(idx)] = record.influence_matrix(len(idx), engine.n_layers, "cpu").numpy()
+            hidden = record.kept_outputs[pivot - 1]
+            vectors[row:row + len(idx)] = pool(hidden, batch["attention_mask"], pooling).float().cpu().numpy()
+            row += len(idx)
+            bar.update(len(idx))
     return np.array(indices, dtype=np.int64), vectors, influence_rows
 
 
@@ -182,14 +155,15 @@ def embed_all_layers(model, tokenizer, prompts: list[str], pooling: str = "last"
                      progress: bool = True) -> np.ndarray:
     """Pooled hidden states after every layer count 1..n_layers (n_layers x N x hidden) from one
     full forward per batch: the data of the pivot-layer sweep."""
-    n_layers = len(decoder_layers(model))
-    out = np.zeros((n_layers, len(prompts), model.config.hidden_size), dtype=np.float32)
+    engine = Engine(model)
+    out = np.zeros((engine.n_layers, len(prompts), model.config.hidden_size), dtype=np.float32)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     for start in tqdm(range(0, len(order), batch_size), desc="pivot sweep (all layers)", unit="batch",
                       disable=not progress, mininterval=2.0):
         idx = order[start:start + batch_size]
         batch = encode_prompts(tokenizer, [prompts[i] for i in idx], model.device, context_length(model))
-        hidden = model.model(**batch, use_cache=False, output_hidden_states=True).hidden_states
-        for layer in range(1, n_layers + 1):
-            out[layer - 1, idx] = pool(hidden[layer], batch["attention_mask"], pooling).float().cpu().numpy()
+        record = Record(states=True)
+        engine.forward(batch["input_ids"], batch["attention_mask"], record=record)
+        for layer in range(1, engine.n_layers + 1):
+            out[layer - 1, idx] = pool(record.kept_states[layer], batch["attention_mask"], pooling).float().cpu().numpy()
     return out

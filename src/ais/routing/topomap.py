@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from ais.files import atomic_dir, load_npz, save_npz, sha256_file, write_json
 
@@ -192,11 +193,15 @@ def centroid_recall(topo: TopoMap, k: int = 10) -> dict[str, float]:
 
 def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, c: float = 1.0) -> dict:
     """Multinomial logistic regression on standardised, normalised embeddings, folded back into
-    one linear map {coef (C x H), intercept (C)} that applies to normalised embeddings."""
+    one linear map {coef (C x H), intercept (C)} that applies to normalised embeddings. The fit runs
+    on one BLAS thread: lbfgs has no random state, but its sums round by the BLAS's thread split (with
+    2 threads the coefficients moved by up to 3.7e-4), and the map must have the same bytes on any
+    machine and thread count."""
     x = unit_rows(embeddings)
-    scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(C=c, max_iter=3000)  # lbfgs: deterministic, no random state to set
-    clf.fit(scaler.transform(x), labels)
+    with threadpool_limits(limits=1):
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=c, max_iter=3000)
+        clf.fit(scaler.transform(x), labels)
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # two classes: sklearn keeps one row
         coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2

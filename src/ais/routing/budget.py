@@ -7,45 +7,44 @@ normalised importance reaches `critical`; layer 0 is never touched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ais.params import ParamsError, get
-from ais.model.gating import SkipPlan
 
 MODES = ("hard", "soft")  # what a plan does with its layers; `full` (no plan) is the third decoding mode
-# where a prompt's layer scores come from, from least to most input-dependent (the adaptivity ladder):
-#   global — all categories pooled; category — the routed category's importance;
-#   neighbours — the mean of the k nearest map entries' own layer scores (block influence);
-#   prompt — the prompt's own block influence on its prefill (the prefill runs every layer)
-PLAN_KINDS = ("global", "category", "neighbours", "prompt")
 OTHER_MODE = {"hard": "soft", "soft": "hard"}  # the comparison reported beside `skip.mode`
 
 
-@dataclass(frozen=True)
 class SkipSettings:
-    """The `skip:` section of params.yaml, checked."""
+    """The `skip:` section of params.yaml, each key read (and checked) when first used, so that a
+    stage depends on exactly the keys it uses; values given here replace those of params.yaml."""
 
-    mode: str = "hard"
-    plan: str = "category"
-    alpha: float = 0.7
-    select: str = "fraction"
-    fraction: float = 0.1
-    threshold: float = 0.05
-    critical: float = 0.9
+    DEFAULTS = {"mode": "hard", "plan": "category", "alpha": 0.7, "select": "fraction", "fraction": 0.1,
+                "threshold": 0.05, "critical": 0.9}   # `plan`: the method (ais.methods) that chooses the layers
+
+    def __init__(self, params: dict | None = None, **values):
+        unknown = set(values) - set(self.DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown skip settings {sorted(unknown)}")
+        self._params, self._values = params, dict(values)
 
     @classmethod
     def from_params(cls, params: dict) -> "SkipSettings":
-        return cls(
-            mode=get(params, "skip.mode"),
-            plan=get(params, "skip.plan"),
-            alpha=get(params, "skip.alpha"),
-            select=get(params, "skip.select"),
-            fraction=get(params, "skip.fraction"),
-            threshold=get(params, "skip.threshold"),
-            critical=get(params, "skip.critical"),
-        )
+        return cls(params)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name not in self.DEFAULTS:
+            raise AttributeError(name)
+        if name not in self._values:
+            self._values[name] = get(self._params, f"skip.{name}") if self._params is not None else self.DEFAULTS[name]
+        return self._values[name]
+
+    def replace(self, **values) -> "SkipSettings":
+        """The same settings with some values replaced."""
+        return SkipSettings(self._params, **{**self._values, **values})
+
+    def __repr__(self) -> str:
+        return f"SkipSettings({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
 
 def candidate_layers(importance: np.ndarray, pivot: int, critical: float) -> list[int]:
@@ -78,10 +77,6 @@ def random_layers(n_layers: int, pivot: int, n: int, rng: np.random.Generator) -
     """The control: `n` layers drawn uniformly from the same range a routed plan may use."""
     pool = list(range(max(1, pivot), n_layers))
     return sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
-
-
-def make_plan(layers: list[int], mode: str, alpha: float) -> SkipPlan:
-    return SkipPlan.make(hard=layers) if mode == "hard" else SkipPlan.soft_of(layers, alpha)
 
 
 def minmax_per_category(raw: np.ndarray, protected=(0,)) -> np.ndarray:
