@@ -1,38 +1,26 @@
 """Stage `depth`: how many layers each generated token needs (saturation layer, layers it can skip
 alone), per held-out category and for FlexiDepth's six operations, beside FlexiDepth's numbers."""
-from pathlib import Path
-
 from tqdm import tqdm
 
-from ais.evaluation.depth import (FLEXIDEPTH, FLEXIDEPTH_LAYERS, first_sentences, greedy_continuations,
-                                  operation_prompts, orderings, summarise_depths, token_depths)
+from ais.evaluation.depth import FLEXIDEPTH, FLEXIDEPTH_LAYERS, orderings, summarise_depths, token_depths
+from ais.evaluation.references import FILE as REFERENCE, References
 from ais.files import write_csv, write_json
 from ais.model.engine import Engine
 from ais.model.loading import load_model
 from ais.params import get, load_params
 from ais.report.plots import plot_depth
-from ais.routing.corpus import fetch_bigbench, prompts_by_category, read_corpus, read_tasks
 
 if __name__ == "__main__":
     params = load_params()
     model, tokenizer = load_model("data/model", get(params, "model.dtype"), get(params, "model.device"))
     engine = Engine(model)
     n_layers, n_new, seed = model.config.num_hidden_layers, get(params, "depth.max_new_tokens"), get(params, "depth.seed")
-    archive = get(params, "corpus.archive")
-    task = get(params, "depth.paragraphs")
-    examples = read_tasks(fetch_bigbench() if archive == "auto" else Path(archive), {task})[task]
-    paragraphs = [first_sentences(e["input"], get(params, "corpus.max_chars")) for e in examples]
-    groups = {"operation": operation_prompts(paragraphs, get(params, "depth.n_per_operation"), seed),
-              "category": prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "heldout",
-                                              get(params, "depth.n_per_category"))}
-    items = [(kind, group, i, prompt) for kind, by_group in groups.items() for group, prompts in by_group.items()
-             for i, prompt in enumerate(prompts)]
-    print(f"depth: {len(items)} greedy continuations of {n_new} tokens", flush=True)
-    continuations = greedy_continuations(engine, tokenizer, [p for *_, p in items], n_new)
-    per_item = {kind: {} for kind in groups}
+    items = References(REFERENCE, engine).continuations()  # the full model's greedy continuations (stage reference)
+    per_item = {kind: {} for kind in dict.fromkeys(item["kind"] for item in items)}
     rows = []
-    for (kind, group, i, _), (ids, continuation) in tqdm(list(zip(items, continuations)), desc="depth", unit="prompt"):
-        depths = token_depths(engine, ids, continuation)
+    for item in tqdm(items, desc="depth", unit="prompt"):
+        kind, group, i, continuation = item["kind"], item["group"], item["item"], item["continuation"]
+        depths = token_depths(engine, item["prompt_ids"], continuation)
         per_item[kind].setdefault(group, []).append(depths)
         rows += [{"kind": kind, "group": group, "item": i, "token": t, "text": tokenizer.decode([token]),
                   **{k: int(v[t]) for k, v in depths.items()}} for t, token in enumerate(continuation)]

@@ -7,6 +7,7 @@ from pathlib import Path
 from ais.api import GATES, load
 from ais.evaluation.anatomy import block_costs
 from ais.evaluation.calibration import available_methods
+from ais.evaluation.references import FILE as REFERENCE, References
 from ais.evaluation.frontier import (dynamic_overheads, frontier_methods, ladder_gaps, measure_quality,
                                      measure_speed, request_calls, summarise)
 from ais.files import write_csv, write_json
@@ -25,7 +26,7 @@ if __name__ == "__main__":
     n = get(params, "frontier.n_per_category")
     by_split = {split: prompts_by_category(corpus, split, n) for split in SPLITS}
     counts = sorted({n_layers_to_skip(f, n_layers) for f in get(params, "frontier.fractions")})
-    seed, n_continuation = get(params, "validate.seed"), get(params, "validate.n_continuation")
+    seed, n_continuation = get(params, "validate.seed"), None  # the continuations come from the reference stage
     decoder.setup.seed = seed
     calibration = prompts_by_category(corpus, "importance")
     available, left_out = available_methods(decoder, get(params, "frontier.methods"))
@@ -33,14 +34,15 @@ if __name__ == "__main__":
         print(f"frontier: {name} left out: {reason}")
     timing_prompts, _ = mixed_prompts(by_split["heldout"], get(params, "frontier.timing_prompts"))
     costs = block_costs(decoder.engine, system.tokenizer, timing_prompts[0])  # one table costs every plan
-    methods = frontier_methods(decoder, system.tokenizer, available, calibration, n_continuation, costs)
+    references = References(REFERENCE, decoder.engine)  # the full model's, computed once by the reference stage
+    methods = frontier_methods(decoder, system.tokenizer, available, calibration, n_continuation, costs, references)
     oracle_counts = sorted({n_layers_to_skip(f, n_layers) for f in get(params, "frontier.oracle_fractions")})
     per_prompt = measure_quality(decoder, system.tokenizer, by_split, methods, counts, n_continuation, costs,
-                                 oracle_counts, get(params, "frontier.oracle_per_category"))
+                                 oracle_counts, get(params, "frontier.oracle_per_category"), references=references)
     new_tokens = get(params, "frontier.new_tokens")
     speed = measure_speed(decoder, system.tokenizer, timing_prompts, request_calls(decoder, methods, counts, new_tokens),
                           get(params, "frontier.batch_sizes"), new_tokens, get(params, "frontier.warmup"),
-                          get(params, "frontier.repeats"), seed)
+                          get(params, "frontier.repeats"), seed, get(params, "frontier.target_iqr"))
     gates = {name: {k: m.gate(decoder.setup.budget(k)) for k in counts if k > 0} for name, m in methods.items()
              if m.per_token}
     min_layer = next(iter(m.min_layer for m in methods.values() if m.per_token), decoder.pivot)

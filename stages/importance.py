@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from ais.evaluation.importance import METHODS, measure
+from ais.evaluation.references import FILE as REFERENCE, References
 from ais.files import save_npz, write_csv, write_json
 from ais.model.engine import Engine
 from ais.model.loading import load_model
@@ -20,8 +21,10 @@ if __name__ == "__main__":
     model, tokenizer = load_model("data/model", get(params, "model.dtype"), get(params, "model.device"))
     n_layers = model.config.num_hidden_layers
     by_category = prompts_by_category(read_corpus(Path("data/corpus.jsonl")), "importance")
-    raw = measure(Engine(model), tokenizer, by_category, get(params, "importance.n_continuation"), get(params, "importance.n_groups"),
-                  method, resolve_pivot(get(params, "router.pivot_layer"), n_layers), get(params, "importance.greedy_layers"))
+    engine = Engine(model)
+    raw = measure(engine, tokenizer, by_category, None, get(params, "importance.n_groups"),
+                  method, resolve_pivot(get(params, "router.pivot_layer"), n_layers), get(params, "importance.greedy_layers"),
+                  references=References(REFERENCE, engine))
     measured = [m for m in METHODS if np.isfinite(raw[m]).any()]
     normalised = {m: minmax_per_category(raw[m]) for m in measured}
     pooled = {m: minmax_per_category(raw[f"global_{m}"])[0] for m in measured}

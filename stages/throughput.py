@@ -1,7 +1,8 @@
 """Stage `throughput`: mixed traffic (rows of different categories, each with its own plan, one
 batch): requests/s of the prefill and tokens/s of generation for the full model, the routed plan in
 `skip.mode` (router included), the global plan at the same layer count and the prompt's own plan,
-in the same run; and whether each row of a mixed batch generates what the request generates alone."""
+in the same run; and whether each row of a mixed batch generates what the request generates alone (in
+float32, and in the model's dtype beside transformers' own `generate` batched and alone)."""
 from pathlib import Path
 
 import torch
@@ -27,7 +28,12 @@ if __name__ == "__main__":
                                 warmup, repeats)
     generation = generation_benchmark(system.decoder, system.tokenizer, prompts, sizes, new_tokens, warmup,
                                       get(params, "throughput.generate_repeats"))
-    exactness = mixed_batch_exactness(system.decoder, system.tokenizer, prompts, [s for s in sizes if s > 1], new_tokens)
+    # exactness on the largest batch (it holds the smaller ones' rows): in float32, where it is claimed, and in
+    # the stage's dtype beside what batching does to transformers' own generate there
+    dtypes = {str(system.model.dtype).removeprefix("torch."): system}
+    dtypes.setdefault("float32", load(dtype="float32"))
+    exactness = {name: mixed_batch_exactness(s.decoder, s.tokenizer, prompts, max(sizes), new_tokens)
+                 for name, s in dtypes.items()}
     write_csv("reports/throughput_prefill.csv", [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in prefill])
     write_csv("reports/throughput_generate.csv", [{k: v for k, v in r.items() if not isinstance(v, dict)}
                                                   for r in generation])
@@ -43,8 +49,7 @@ if __name__ == "__main__":
                                                                "real_tokens", "full_real_tok_per_s")} for r in prefill},
         "generate": {f"B{r['batch_size']}": {k: r[k] for k in KEPT} for r in generation},
         "mixed_batch_exactness": exactness,
-        "mixed_batch_identical_share": round(sum(e["identical_share"] * e["rows"] for e in exactness.values())
-                                             / max(1, sum(e["rows"] for e in exactness.values())), 4),
+        "mixed_batch_identical_share": min(exactness["float32"][k]["identical_share"] for k in ("routed", "prompt")),
     })
     for r in prefill:
         print(f"prefill B={r['batch_size']}: full {r['full_req_per_s']}, routed {r['routed_req_per_s']}, global "
@@ -53,4 +58,5 @@ if __name__ == "__main__":
         print(f"generate B={r['batch_size']}: full {r['full_tok_per_s']}, routed {r['routed_tok_per_s']}, global "
               f"{r['global_tok_per_s']}, prompt {r['prompt_tok_per_s']} tok/s; routed/global "
               f"x{r['routed_over_global']['median']} [{r['routed_over_global']['q1']}, {r['routed_over_global']['q3']}]")
-    print("mixed batch = alone: " + ", ".join(f"{k} {v['identical_share']}" for k, v in exactness.items()))
+    for dtype, e in exactness.items():
+        print(f"mixed batch = alone ({dtype}): " + ", ".join(f"{k} {v['identical_share']}" for k, v in e.items()))

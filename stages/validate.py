@@ -3,6 +3,7 @@ tasks and of unseen tasks, with oracle, global and random controls and paired in
 from pathlib import Path
 
 from ais.api import load
+from ais.evaluation.references import FILE as REFERENCE, References
 from ais.evaluation.validation import validate
 from ais.files import write_csv, write_json
 from ais.params import get
@@ -18,8 +19,9 @@ if __name__ == "__main__":
     by_split = {split: prompts_by_category(corpus, split, n) for split in SPLITS}
     calibration = prompts_by_category(corpus, "importance")  # for methods that calibrate (never evaluated)
     metrics, per_category, per_prompt = validate(system.decoder, system.tokenizer, by_split,
-                                                 get(params, "validate.methods"), get(params, "validate.n_continuation"),
-                                                 get(params, "validate.seed"), calibration)
+                                                 get(params, "validate.methods"), None,
+                                                 get(params, "validate.seed"), calibration,
+                                                 references=References(REFERENCE, system.decoder.engine))
     write_json("reports/validate.json", metrics)
     write_csv("reports/validate_per_category.csv", per_category)
     write_csv("reports/validate_prompts.csv", per_prompt)

@@ -1,4 +1,7 @@
 """The corpus: stratified, deterministic, with disjoint splits; read from a BIG-bench-shaped tarball."""
+import re
+from pathlib import Path
+
 import pytest
 
 from ais.routing.corpus import CorpusError, TaskSpec, build_corpus, load_categories, read_tasks, render
@@ -92,3 +95,45 @@ def test_shipped_category_mapping_is_valid():
     for c in categories:
         assert sum(not s.heldout for s in specs if s.category == c) >= 3, c
         assert any(s.heldout for s in specs if s.category == c), c
+
+
+def _requests(tmp_path, lines):
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_users_requests_become_a_corpus_with_or_without_labels(tmp_path):
+    import json
+
+    from ais.routing.corpus import UNLABELLED, build_corpus, request_examples
+
+    labelled = _requests(tmp_path, [json.dumps({"prompt": f"request {i} about {c}", "category": c})
+                                    for c in ("billing", "travel") for i in range(6)])
+    specs, examples = request_examples(labelled, 4)
+    assert [s.category for s in specs] == ["billing", "travel"] and len(examples["jsonl/billing"]) == 6
+    rows = build_corpus(specs, examples, n=4, n_importance=1, n_heldout=2, n_heldout_task=0, max_chars=200, seed=0)
+    assert {r["split"] for r in rows} == {"map", "importance", "heldout"}
+    unlabelled = _requests(tmp_path, [json.dumps({"prompt": f"what is {i}?"}) for i in range(5)])
+    specs, examples = request_examples(unlabelled, 3)
+    assert [s.category for s in specs] == [UNLABELLED] and len(examples[f"jsonl/{UNLABELLED}"]) == 5
+    shipped = request_examples(Path(__file__).resolve().parents[1] / "data/requests.example.jsonl")[0]
+    assert len({s.category for s in shipped}) >= 3  # the example file the params point at
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"prompt": "a", "category": "x"}', "not json"], "line 2 is not JSON"),
+    (['["a list"]'], "line 1 is a list, not an object"),
+    (['{"category": "x"}'], "line 1 has no `prompt`"),
+    (['{"prompt": "   ", "category": "x"}'], "line 1: `prompt` is '   '"),
+    (['{"prompt": "a", "category": 3}'], "line 1: `category` is 3"),
+    (['{"prompt": "a", "category": "x"}', '{"prompt": "b"}'], "line 2 has no `category`, unlike the lines before it"),
+    (['{"prompt": "a"}', '', '{"prompt": "a"}'], "line 3 repeats the prompt of line 1"),
+    (['{"prompt": "a", "category": "x"}', '{"prompt": "b", "category": "y"}', '{"prompt": "c", "category": "y"}'],
+     "category 'x' has 1 requests, fewer than the 2"),
+])
+def test_a_bad_requests_file_gives_one_error_naming_the_line(tmp_path, lines, message):
+    from ais.routing.corpus import CorpusError, request_examples
+
+    with pytest.raises(CorpusError, match=re.escape(message)):
+        request_examples(_requests(tmp_path, lines), 2)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ais.decoding.datastore import Datastore
 from ais.evaluation.lossless import (continuation_logits, cost_model, exactness, generate_baseline, margin_at_divergence,
                                      measure, rounding_delta)
 from conftest import tiny_llama, tiny_routed_decoder, tiny_tokenizer
@@ -75,22 +76,29 @@ def test_measure_times_every_decoder_in_both_dtypes_and_finds_them_exact_in_floa
     decoder = tiny_routed_decoder(model, tok, contexts, [0, 1, 0, 1])
     models = {"bfloat16": tiny_llama(dtype=torch.bfloat16, seed=1), "float32": model}
     settings = {"gamma": 3, "confidence": 0.5, "max_new_tokens": 6, "ngram": 2, "draft_fraction": 1 / 6,
-                "clasp_interval": 1, "min_speedup": 1.0}
+                "clasp_interval": 1, "min_speedup": 1.0, "suffix_factor": 2.0, "suffix_probability": 0.1,
+                "suffix_neighbours": 1, "lookup_sweep": [2, 3]}
     by_category = {"a": [contexts[0], contexts[2]], "b": [contexts[1], contexts[3]]}
+    store = Datastore([[5, 6, 7], [8, 9]], decoder.topo.embeddings[:2], [0, 1], decoder.topo.identity)
+    test = {"heldout": {c: p[1:] for c, p in by_category.items()}, "heldout_task": {"a": [contexts[1]]}}
     per_category, overall, rows, _ = measure(decoder, tok, models, {c: p[:1] for c, p in by_category.items()},
-                                             {c: p[1:] for c, p in by_category.items()}, settings, "float32", 0,
-                                             progress=False)
-    decoders = {(r["dtype"], r["decoder"]) for r in rows}
-    assert {("float32", n) for n in ("generate", "generate_prompt_lookup", "none", "routed_skip", "clasp",
-                                     "prompt_lookup", "system", "routed_skip_fixed_threshold")} <= decoders
-    assert {d for d in decoders if d[0] == "bfloat16"} == {("bfloat16", n) for n in ("generate", "generate_prompt_lookup",
-                                                                                    "none", "prompt_lookup")}
+                                             test, settings, "float32", 0, progress=False, datastore=store)
+    decoders = {(r["dtype"], r["decoder"]) for r in rows if r["split"] != "calibration"}
+    assert {d for d in decoders if d[0] == "float32"} == {("float32", n) for n in (
+        "generate", "generate_prompt_lookup", "none", "routed_skip", "clasp", "prompt_lookup", "suffix", "system")}
+    assert {d for d in decoders if d[0] == "bfloat16"} == {("bfloat16", n) for n in ("generate", "none", "prompt_lookup",
+                                                                                    "suffix")}
+    calibration = {r["decoder"] for r in rows if r["split"] == "calibration"}
+    assert {"generate_prompt_lookup@2", "generate_prompt_lookup@3", "suffix"} <= calibration
+    assert overall["lookup"] in (2, 3) and set(overall["lookup_sweep_tok_per_s"]) == {"2", "3"}
+    assert overall["test_splits"] == {"heldout": 2, "heldout_task": 1} and set(overall["by_split"]) == set(test)
+    assert "vs_prompt_lookup" in overall["decoders"]["float32"]["suffix"]
     assert overall["exactness"]["float32"]["identical_share"] == 1.0
     assert overall["exactness"]["bfloat16"]["all_divergences_below_bound"]
     assert set(overall["chosen"]) == {"a", "b"} and set(per_category) == {"a", "b"}
     assert overall["system"]["vs_generate_bf16"]["speedup"] > 0
     system = [r for r in rows if r["decoder"] == "system"]
-    assert len(system) == 2 and all(r["dtype"] == "float32" and r["drafter"] == overall["chosen"][r["routed_category"]]
+    assert len(system) == 3 and all(r["dtype"] == "float32" and r["drafter"] == overall["chosen"][r["routed_category"]]
                                     for r in system)
     assert list(overall["verify_ms_by_tokens"]["float32"]) == [1, 2, 3, 4]
     assert all(math.isfinite(v["cost_model"]["c"]) for v in overall["decoders"]["float32"].values() if "cost_model" in v)

@@ -145,3 +145,23 @@ def test_a_method_registered_here_appears_in_validates_output():
     assert "toy_last_layers_top1" in metrics["heldout"] and "routed_minus_toy_last_layers_top1_ci_low" in metrics["heldout"]
     assert all("toy_last_layers_kl" in row for row in per_prompt)
     assert "heldout_toy_last_layers_top1" in per_category[0]
+
+
+@torch.inference_mode()
+def test_the_out_of_sample_oracle_searches_on_the_early_half_of_the_positions_only():
+    from ais.evaluation.quality import decode_logprobs
+    from ais.methods import Request
+    from ais.methods.search import greedy_removal
+
+    model, tok = tiny_llama(seed=4), tiny_tokenizer()
+    decoder = tiny_routed_decoder(model, tok, CONTEXTS[:4], [0, 1, 0, 1])
+    ref = make_reference(decoder.engine, tok, CONTEXTS[:3], 6)
+    ref.full_logprobs, ref.protocol = decode_logprobs(decoder.engine, ref, None), "decode"
+    setup, budget = decoder.setup, decoder.setup.budget(2)
+    requests = [Request(p, reference=ref.rows([j]), key=p) for j, p in enumerate(CONTEXTS[:3])]
+    together = make("prompt_oracle_oos", setup).plans(requests, budget)  # the rows' searches advance together
+    for j, request in enumerate(requests):
+        early = request.reference.restricted("early")
+        steps = greedy_removal(lambda sets: early.score([setup.plan_of(s, budget) for s in sets]), setup.skippable(), 2)
+        assert together[j] == setup.plan_of([s["layer"] for s in steps], budget)
+        assert early.scored.sum() < request.reference.scored.sum()

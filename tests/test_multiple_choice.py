@@ -203,3 +203,23 @@ def test_a_question_longer_than_the_model_goes_to_the_harness_scoring(monkeypatc
     fallback = lm.loglikelihood(requests, disable_tqdm=True)
     assert [len(r) for r in handed_over] == [2]
     assert [s for s, _ in fallback] == pytest.approx([s for s, _ in expected], abs=1e-9)
+
+
+def test_every_condition_scored_in_one_shared_pass_scores_as_each_alone():
+    """SharedScores runs the layers no plan touches once per question, then one row per condition: each
+    condition's log-likelihoods are the ones its own SkipLM computes."""
+    from ais.evaluation.multiple_choice import SharedScores
+
+    model, tok = tiny_llama(dtype=torch.float64), tiny_tokenizer()
+    contexts = ["what is the capital of france", "write a story", "add two plus two"]
+    decoder = tiny_routed_decoder(model, tok, contexts, [0, 1, 0])
+    conditions, _ = skip_conditions(decoder, tok, seed=0)
+    requests = [Instance("loglikelihood", {}, (c, f" {w}"), 0) for c in contexts for w in ("paris", "the number", "x")]
+    shared = SharedScores(Engine(model), conditions)
+    for name, chooser in conditions.items():
+        together = SkipLM(model, tok, chooser, batch_size=2, shared=shared, condition=name).loglikelihood(
+            requests, disable_tqdm=True)
+        alone = SkipLM(model, tok, chooser, batch_size=2).loglikelihood(requests, disable_tqdm=True)
+        assert [g for _, g in together] == [g for _, g in alone]
+        assert [s for s, _ in together] == pytest.approx([s for s, _ in alone], abs=1e-9), name
+    assert len(shared.kept) == len(conditions) * len(contexts)

@@ -1,5 +1,6 @@
-"""Integration: the whole DVC pipeline on the embedded model with small params, built once in a
-temporary copy of the repo (every stage traced), then checked: what each stage reports, that
+"""Integration: the whole DVC pipeline on a tiny random Llama checkpoint (6 layers, a word-level
+tokenizer with a chat template: `model.source` a local folder, as a user's own model would be) with
+small params, built once in a temporary copy of the repo (every stage traced), then checked: what each stage reports, that
 dvc.yaml declares exactly what each stage reads and writes, determinism, the CLI and API, failures
 that lose nothing, an experiment that changes skip.alpha (only what measures soft skipping reruns),
 a queued sweep and a remote round trip. The tests share the build and run in this order."""
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_fake_bigbench
+from conftest import tiny_llama, tiny_tokenizer, write_fake_bigbench
 from ais.params import EFFECTIVE
 from layout import covered, declared, traced_stages
 
@@ -44,14 +45,16 @@ def fake_inputs(task: str, n: int = 40) -> list[str]:
 SMALL = {
     "corpus": {"n": 36, "n_importance": 2, "n_heldout": 3, "n_heldout_task": 3, "max_chars": 120},
     "router": {"sweep_per_category": 4, "batch_size": 8, "k": 3},
-    "validate": {"n_per_category": 3, "n_continuation": 3},
+    "validate": {"n_per_category": 3, "n_continuation": 4},
     "multiple_choice": {"benchmarks": ["arc_easy", "piqa"], "n_per_benchmark": 4},
     "throughput": {"batch_sizes": [1, 2], "generate_batch_sizes": [1, 2], "new_tokens": 3,
                    "warmup": 1, "repeats": 2, "generate_repeats": 1},
     "frontier": {"fractions": [0.0, 0.1], "n_per_category": 2, "timing_prompts": 3, "batch_sizes": [1, 2], "new_tokens": 3,
                  "warmup": 1, "repeats": 1, "oracle_fractions": [0.1]},
+    "plan_map": {"n_per_category": 2, "k": 2, "fractions": [0.1]},
     "umap": {"n_neighbors": 5},
-    "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32"},  # the strict mode: the CLI check is exact
+    "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32", "lookup_sweep": [2, 8]},
+    "datastore": {"n_per_category": 2, "max_new_tokens": 8},  # the strict mode: the CLI check is exact
     "depth": {"paragraphs": "gen/story", "n_per_operation": 2, "n_per_category": 1, "max_new_tokens": 4},
     "importance": {"n_continuation": 3, "method": "greedy", "greedy_layers": 2},
     "model": {"dtype": "float32"},
@@ -81,10 +84,14 @@ def built(tmp_path_factory):
                                   {task: fake_inputs(task) for tasks in CATEGORIES.values() for task, _, _ in tasks})
     (root / "data/categories.yaml").write_text(yaml.safe_dump(
         {c: [{"task": t, "template": tpl, "heldout": h} for t, tpl, h in tasks] for c, tasks in CATEGORIES.items()}))
+    checkpoint = root.parent / "tiny-model"
+    tiny_llama(n_layers=6, hidden=64, seed=3).save_pretrained(checkpoint)
+    tiny_tokenizer().save_pretrained(checkpoint)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in SMALL.items():
         params[section].update(values)
     params["corpus"]["archive"] = str(archive)
+    params["model"]["source"] = str(checkpoint)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -134,14 +141,22 @@ def test_every_stage_reports_what_it_measures(built):
     assert len(prompts) == 1 + 2 * 9 and "routed_top1" in prompts[0] and "n_scored" in prompts[0]
     assert set(before["importance.json"]["split_half_spearman"]) == set(CATEGORIES)
     frontier = before["frontier.json"]
-    assert {"heldout", "heldout_task"} <= set(frontier) and "b1_speedup" in frontier["heldout"]["category@3"]
+    assert {"heldout", "heldout_task"} <= set(frontier) and "b1_speedup" in frontier["heldout"]["category@1"]
     assert any(k.startswith("original_best_group@") for k in frontier["heldout"])
-    for point in ("dynamic@3", "dynamic_calm@3", "stepwise_full@0", "global@3", "sublayer@3", "prompt_oracle@3"):
+    for point in ("dynamic@1", "dynamic_calm@1", "stepwise_full@0", "global@1", "sublayer@1", "prompt_oracle@1",
+                  "prompt_oracle_oos@1", "plan_map@1", "plan_map_learned@1"):
         assert point in frontier["heldout_task"], point
-    assert "b2_speedup" in frontier["heldout"]["dynamic@3"] and frontier["dynamic_gates"]["dynamic"]["3"]["threshold"] > 0
-    assert "b1_speedup" in frontier["heldout"]["sublayer@3"] and frontier["heldout"]["sublayer@3"]["cost"] <= 3.0
-    assert "b1_speedup" not in frontier["heldout"]["random@3"]  # controls are not timed
-    assert json.loads((root / "data/dynamic_gates.json").read_text())["3"]["threshold"] > 0
+    assert "b2_speedup" in frontier["heldout"]["dynamic@1"] and frontier["dynamic_gates"]["dynamic"]["1"]["threshold"] > 0
+    assert "b1_speedup" in frontier["heldout"]["sublayer@1"] and frontier["heldout"]["sublayer@1"]["cost"] <= 1.0
+    assert "b1_speedup" not in frontier["heldout"]["random@1"]  # controls are not timed
+    assert json.loads((root / "data/dynamic_gates.json").read_text())["1"]["threshold"] > 0
+    ladder = (root / "reports/ladder.csv").read_text()
+    assert "prompt_oracle,prompt_oracle_oos,late half" in ladder and "plan_map,global,all" in ladder
+    plan_map = before["plan_map.json"]
+    assert plan_map["entries"] == 2 * 3 and plan_map["budgets"] == [1] and len(plan_map["by_budget"]["1"]["sizes"]) <= 2
+    assert "plan_map_top1" in before["validate.json"]["heldout"] and "plan_map_minus_full_acc" in mc["piqa"]
+    reference = before["reference.json"]
+    assert reference["by_kind"] == {"validate": 6, "frontier": 2, "importance": 3} and reference["bytes"] > 0
     depth = before["depth.json"]
     assert set(depth["operations"]) == {"copy", "summarise", "continue", "repeat", "sum", "product"}
     assert set(depth["categories"]) == set(CATEGORIES) and (root / "reports/depth.png").is_file()
@@ -149,9 +164,13 @@ def test_every_stage_reports_what_it_measures(built):
     assert set(throughput["generate"]) == {"B1", "B2"} and throughput["generate"]["B2"]["categories_in_batch"] == 2
     assert "routed_over_global" in throughput["generate"]["B2"] and throughput["mixed_batch_identical_share"] == 1.0
     lossless = before["lossless.json"]
+    assert before["datastore.json"]["replies"] == 2 * 3 and lossless["lookup"] in (2, 8)
+    assert "vs_prompt_lookup" in lossless["decoders"]["float32"]["suffix"] and set(lossless["by_split"]) == {
+        "heldout", "heldout_task"}
     assert lossless["exactness"]["float32"]["identical_share"] == 1.0
-    for dtype, e in lossless["exactness"].items():  # 3 test prompts: generate's prompt lookup, 4 drafters, 2 ablations and
-        assert e["n_generations"] == 3 * (8 if dtype == lossless["system_dtype"] else 3)  # the system; else lookup, none
+    for dtype, e in lossless["exactness"].items():  # 3 + 3 test prompts (both splits): generate's prompt lookup, 5 drafters
+        assert e["n_generations"] == 6 * (7 if dtype == lossless["system_dtype"] else 3)  # and the system; else the
+        # loop with none, prompt lookup and suffix
     assert lossless["exactness"]["bfloat16"]["all_divergences_below_bound"]
     assert set(json.loads((root / "data/drafters.json").read_text())) == set(CATEGORIES)
     text = (root / "reports/README.md").read_text()
@@ -238,7 +257,7 @@ def test_cli_and_api_on_the_built_pipeline(built):
     system = load(root=root)
     hard = generate(system, "Multiply 7 and 8.", mode="hard", max_new_tokens=8)
     soft = generate(system, "Multiply 7 and 8.", mode="soft", max_new_tokens=8)
-    assert hard.skipped_layers == soft.skipped_layers and len(hard.skipped_layers) == 3
+    assert hard.skipped_layers == soft.skipped_layers and len(hard.skipped_layers) == 1
     assert hard.category in CATEGORIES and hard.seconds > 0
     assert generate(system, "Multiply 7 and 8.", max_new_tokens=8).mode == system.decoder.settings.mode
     together = generate(system, ["Multiply 7 and 8.", "Write a short story about a river."], mode="hard", max_new_tokens=8)
@@ -287,7 +306,8 @@ def test_an_alpha_experiment_reruns_only_what_measures_soft_skipping(built):
     before = read_metrics(root)
     out = run(DVC + ["exp", "run", "-S", "skip.alpha=0.3"], root, env)
     after = read_metrics(root)
-    for stage in ("embed@0", "embed_merge", "map", "importance", "lossless", "depth"):
+    for stage in ("embed@0", "embed_merge", "map", "importance", "reference", "lossless", "depth", "multiple_choice",
+                  "throughput", "frontier"):  # in hard mode alpha is used by validate only
         assert f"'{stage}' didn't change, skipping" in out, stage
     for split in ("heldout", "heldout_task"):
         new, old = after["validate.json"][split], before["validate.json"][split]

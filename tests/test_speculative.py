@@ -1,10 +1,12 @@
 """Lossless speculative decoding: token-for-token identical to greedy, whatever the drafts."""
+import numpy as np
 import pytest
 import torch
 
 from ais.decoding.greedy import generate
-from ais.decoding.speculative import (ClaspDraft, Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, clasp_layers,
-                                     forward_tokens, prefill_logits)
+from ais.decoding.datastore import Datastore
+from ais.decoding.speculative import (ClaspDraft, Draft, Drafter, NoDraft, PromptLookup, RoutedDraft, SuffixDraft,
+                                     clasp_layers, forward_tokens, prefill_logits)
 from ais.decoding.speculative import speculative_generate as _speculative
 from ais.model.engine import Engine, Record
 from ais.model.plan import SkipPlan
@@ -48,7 +50,10 @@ DRAFTERS = {"none": lambda: NoDraft(), "lookup2": lambda: PromptLookup(2), "look
             "routed_recompute_fixed": lambda: RoutedDraft(SkipPlan.make(hard=[2, 3]), 0.5, adaptive=False, share_prefix=False),
             "routed_soft_plan": lambda: RoutedDraft(SkipPlan.make(hard=[3], soft={1: 0.5}), 0.3),
             "clasp_every_step": lambda: ClaspDraft(2, [1, 2, 3, 4], 0.0),
-            "clasp_every_third": lambda: ClaspDraft(1, [2, 3], 0.5, interval=3)}
+            "clasp_every_third": lambda: ClaspDraft(1, [2, 3], 0.5, interval=3),
+            "suffix_context": lambda: SuffixDraft(),
+            "suffix_datastore": lambda: SuffixDraft([Datastore.automaton([[9, 14, 22, 7, 3, 3], [8, 9, 10, 50, 51]])],
+                                                    factor=4.0, min_probability=0.0)}
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -223,7 +228,7 @@ def test_clasp_runs_each_layer_once_per_choice_on_every_candidate(model):
     assert seen == [1, 1, 2, 3, 3, 3]  # layer 0 may not be skipped: one candidate until layer 1 is passed
 
 
-@pytest.mark.parametrize("name", ["none", "routed_skip", "clasp", "prompt_lookup"])
+@pytest.mark.parametrize("name", ["none", "routed_skip", "clasp", "prompt_lookup", "suffix"])
 def test_the_prefill_routes_the_prompt_and_the_drafter_follows_the_route(name):
     from ais.decoding.speculative import make_drafter
     from ais.model.prompts import chat_ids
@@ -265,3 +270,33 @@ def test_routing_during_the_prefill_is_the_plain_prefill_bit_for_bit():
     assert torch.equal(logits, reference) and routes[0].plan.is_empty()
     for i, layer in enumerate(plain.layers):
         assert torch.equal(flight.cache.keys[i], layer.keys) and torch.equal(flight.cache.values[i], layer.values)
+
+
+def test_the_suffix_draft_takes_the_longest_match_the_nearest_replies_first_and_adapts_its_length():
+    store = Datastore([[5, 6, 7, 8, 9], [1, 2, 3, 4, 40, 41], [1, 2, 3, 4, 42, 43]],
+                      [[1.0, 0.0], [0.0, 1.0], [0.1, 0.9]], [0, 1, 2], {})
+    near, whole = store.sources([1.0, 0.05], 1)
+    assert near.text[:-1] == [5, 6, 7, 8, 9] and len(whole) == 5 + 6 + 6 + 3
+    assert Datastore([], np.zeros((0, 2)), [], {}).sources([1.0, 0.0], 4) == []  # an empty datastore: the context only
+    # the context [.. 2 3 4] matches "2 3 4" in both later replies; the nearest-replies source holds one of them
+    drafter = SuffixDraft(store.sources([0.0, 1.0], 1), factor=2.0, min_probability=0.0)
+    assert drafter.propose(None, [70, 2, 3, 4], 8).tokens == [40, 41]  # nearest first (a tie with the whole store)
+    drafter = SuffixDraft(store.sources([0.0, 1.0], 0), factor=1.0, min_probability=0.0)
+    assert drafter.propose(None, [70, 3, 4], 8).tokens == [40, 41]  # length 2 x factor 1; 40 occurs first
+    assert SuffixDraft(store.sources(None, 0), min_probability=0.6).propose(None, [3, 4], 8).tokens == []  # 1/2 each
+    # the context's own repeat wins where it is longer
+    drafter = SuffixDraft(store.sources([1.0, 0.0], 1), factor=4.0, min_probability=0.0)
+    assert drafter.propose(None, [11, 12, 13, 14, 15, 11, 12, 13, 14], 3).tokens == [15, 11, 12]
+    assert SuffixDraft().propose(None, [1], 4).tokens == []  # a one-token context: nothing to match
+
+
+def test_the_datastore_survives_saving_and_refuses_another_model(tmp_path):
+    identity = {"model_type": "llama", "n_layers": 6, "hidden_size": 2, "vocab_size": 97}
+    store = Datastore([[5, 6], [7]], [[1.0, 0.0], [0.0, 1.0]], [3, 9], identity)
+    store.save(tmp_path / "ds")
+    again = Datastore.load(tmp_path / "ds", identity)
+    assert again.replies == store.replies and again.entries.tolist() == [3, 9]
+    with pytest.raises(ValueError, match="n_layers=12"):
+        Datastore.load(tmp_path / "ds", {**identity, "n_layers": 12})
+    with pytest.raises(ValueError, match="not found"):
+        Datastore.load(tmp_path / "nothing")

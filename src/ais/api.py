@@ -15,7 +15,8 @@ from pathlib import Path
 from ais.model.plan import DepthGate
 from ais import trace
 from ais.decoding.routed import Route, RoutedDecoder
-from ais.decoding.speculative import make_drafter, speculative_generate
+from ais.decoding.datastore import FILE as DATASTORE, Datastore
+from ais.decoding.speculative import DRAFT_KEYS, drafter_for_route, speculative_generate
 from ais.device import Stopwatch, dtype_name, pick_dtype
 from ais.methods import MethodError, method_class, names
 from ais.model.engine import Engine
@@ -41,6 +42,7 @@ class System:
     params: dict
     root: Path
     _lossless: object = None
+    _datastore: object = None
 
     def lossless_model(self):
         """The model in `lossless.dtype` (`auto`: the model's default dtype, bfloat16 where the
@@ -53,6 +55,12 @@ class System:
         if self._lossless is None:
             self._lossless = load_model(self.root / "data/model", dtype, str(self.model.device))[0]
         return self._lossless
+
+    def datastore(self) -> Datastore | None:
+        """The suffix drafter's datastore (stage `datastore`), read once; None before it was built."""
+        if self._datastore is None and (self.root / DATASTORE / "datastore.json").is_file():
+            self._datastore = Datastore.load(self.root / DATASTORE, self.topo.identity)
+        return self._datastore
 
     def drafters(self) -> dict[str, str]:
         """The drafter each category chose in the `lossless` stage (none where nothing paid)."""
@@ -85,7 +93,7 @@ def load(params_path: str | Path = "params.yaml", root: str | Path = ".", dtype:
     decoder = RoutedDecoder(model, topo, settings, k=get(params, "router.k", hi=len(topo)),
                             router=get(params, "router.kind"), batch_size=get(params, "router.batch_size"),
                             importance_path=root / "data/importance.npz", gates=lambda: read_gates(root / GATES),
-                            params=params)
+                            params=params, root=root)
     return System(model, tokenizer, topo, decoder, params, root)
 
 
@@ -198,14 +206,12 @@ def _lossless(system: System, prompt: str, max_new_tokens: int) -> Generation:
     chosen = system.drafters()
     verifier = system.lossless_model()
     routes: list[Route] = []
-    draft_layers = n_layers_to_skip(get(params, "lossless.draft_fraction"), decoder.engine.n_layers)
+    settings = {k: get(params, f"lossless.{k}") for k in DRAFT_KEYS}
 
     def drafter_for(route_):
         routes.append(route_)
-        plan = decoder.plan_for(route_.category, draft_layers, mode="hard")
-        return make_drafter(chosen.get(route_.category, "none"), plan, get(params, "lossless.confidence"),
-                            get(params, "lossless.ngram"), decoder.skippable_layers(),
-                            get(params, "lossless.clasp_interval"))
+        name = chosen.get(route_.category, "none")
+        return drafter_for_route(decoder, name, route_, settings, system.datastore() if name == "suffix" else None)
 
     ids = chat_ids(tok, prompt, context_length(verifier) - max_new_tokens - get(params, "lossless.gamma") - 1)
     with Stopwatch(system.model.device) as clock:

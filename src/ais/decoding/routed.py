@@ -11,6 +11,7 @@ run the whole prefill, then set the plans for the generated tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ class RoutedDecoder:
 
     def __init__(self, model, topo: TopoMap, settings: SkipSettings, k: int = 10, router: str = "knn",
                  batch_size: int = 16, importance_path=None, gates=None, setup: Setup | None = None,
-                 params: dict | None = None):
+                 params: dict | None = None, root=None):
         topo.check_model(model_identity(model))
         if topo.importance is None:
             raise MapError("the map has no layer importance attached; run `dvc repro` (importance -> map)")
@@ -59,7 +60,7 @@ class RoutedDecoder:
         self.pivot = int(topo.identity["pivot_layer"])
         self.pooling = topo.identity.get("pooling", "last")
         self.setup = setup or Setup(topo, self.pivot, settings, self.engine.n_layers, importance_path=importance_path,
-                                    params=params or {})
+                                    params=params or {}, root=root if root is not None else Path("."), k=k)
         self.gates = gates  # the calibrated per-token gates {layers: gate}, or a function reading them when first needed
         self._method = None
 

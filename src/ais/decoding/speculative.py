@@ -13,6 +13,9 @@ Drafters:
                  again during decoding, by a dynamic programme over the layers on the full model's
                  hidden states of the last accepted token (`clasp_layers`).
   PromptLookup — copies the tokens that followed the last n-gram's earlier occurrence.
+  SuffixDraft  — SuffixDecoding's model-free draft: the longest suffix of the context found in the
+                 context itself or in a datastore of the full model's replies to similar map prompts
+                 (their nearest first), continued by its most frequent continuation there.
   NoDraft      — plain greedy decoding with the same loop.
 
 Everything runs on the engine (`ais.model.engine`, batch size 1): a draft runs the model under its
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ais.decoding.suffix import Matcher, SuffixAutomaton
 from ais.device import Stopwatch
 from ais.model.engine import Batch, Engine, Record
 from ais.model.plan import SkipPlan
@@ -292,14 +296,48 @@ class ClaspDraft(RoutedDraft):
         self.updates += 1
 
 
-DRAFTERS = ("none", "routed_skip", "clasp", "prompt_lookup")  # a category chooses among these
+DRAFTERS = ("none", "routed_skip", "clasp", "prompt_lookup", "suffix")  # a category chooses among these
+class SuffixDraft(Drafter):
+    """Model-free drafts from suffix automata (SuffixDecoding, REST): the longest suffix of the
+    context (prompt and reply so far) that occurs earlier in the context itself, or in each of
+    `sources` (fixed texts, e.g. the full model's replies to the request's nearest map prompts, then
+    to every datastore prompt), searched in that order; the longest match wins (ties: the earlier
+    source). Its draft follows the most frequent continuation there, for at most `factor` times the
+    match length (SuffixDecoding's adaptive length) and while the continuation's empirical
+    probability stays at or above `min_probability`."""
+
+    name = "suffix"
+
+    def __init__(self, sources=(), factor: float = 2.0, min_probability: float = 0.1):
+        self.own = SuffixAutomaton()
+        self.matchers = [Matcher(a) for a in sources]
+        self.factor, self.min_probability = factor, min_probability
+
+    def propose(self, flight: Batch, context: list[int], gamma: int) -> Draft:
+        for token in context[len(self.own):]:  # the context only grows
+            self.own.extend(token)
+            for m in self.matchers:
+                m.feed(token)
+        best = (*self.own.repeated_suffix(), self.own)
+        for m in self.matchers:
+            if m.length > best[1]:
+                best = (m.state, m.length, m.automaton)
+        state, length, automaton = best
+        if length == 0:
+            return Draft()
+        limit = min(gamma, max(1, int(self.factor * length)))
+        return Draft(automaton.continuation(state, limit, self.min_probability))
+
+
 # routed_skip without one of its two refinements, measured to show what each buys
 ABLATIONS = ("routed_skip_fixed_threshold", "routed_skip_no_shared_prefix")
 
 
-def make_drafter(name: str, plan, confidence: float, ngram: int, allowed=(), clasp_interval: int = 1):
+def make_drafter(name: str, plan, confidence: float, ngram: int, allowed=(), clasp_interval: int = 1, sources=(),
+                 suffix_factor: float = 2.0, suffix_probability: float = 0.1):
     """A fresh drafter (the routed ones adapt their threshold within one generation). CLaSp skips as
-    many layers as `plan`, chosen among `allowed` (the layers any plan may skip)."""
+    many layers as `plan`, chosen among `allowed` (the layers any plan may skip); the suffix drafter
+    searches `sources` after the context (`ais.decoding.datastore.Datastore.sources`)."""
     if name == "none":
         return NoDraft()
     if name == "routed_skip":
@@ -312,7 +350,28 @@ def make_drafter(name: str, plan, confidence: float, ngram: int, allowed=(), cla
         return RoutedDraft(plan, confidence, share_prefix=False)
     if name == "prompt_lookup":
         return PromptLookup(ngram)
+    if name == "suffix":
+        return SuffixDraft(sources, suffix_factor, suffix_probability)
     raise ValueError(f"unknown drafter {name!r}; choose from {', '.join(DRAFTERS + ABLATIONS)}")
+
+
+DRAFT_KEYS = ("draft_fraction", "confidence", "ngram", "clasp_interval", "suffix_factor", "suffix_probability",
+              "suffix_neighbours")  # the `lossless.*` settings a drafter is made from
+
+
+def drafter_for_route(decoder, name: str, route, settings: dict, datastore=None) -> Drafter:
+    """The drafter `name` for a routed request, as the system deploys it and the lossless stage
+    measures it: the routed plan skips `draft_fraction` of the layers (hard), CLaSp as many; the
+    suffix drafter searches the datastore's replies to the request's nearest map prompts, then all.
+    `settings` holds DRAFT_KEYS; `route` may be None for drafters that need none."""
+    from ais.routing.budget import n_layers_to_skip
+
+    layers = n_layers_to_skip(settings["draft_fraction"], decoder.engine.n_layers)
+    plan = decoder.plan_for(route.category, layers, mode="hard") if route is not None else SkipPlan()
+    sources = (datastore.sources(route.embedding if route is not None else None, settings["suffix_neighbours"])
+               if datastore is not None and name == "suffix" else ())
+    return make_drafter(name, plan, settings["confidence"], settings["ngram"], decoder.skippable_layers(),
+                        settings["clasp_interval"], sources, settings["suffix_factor"], settings["suffix_probability"])
 
 
 @torch.inference_mode()

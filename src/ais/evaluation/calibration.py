@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ais.evaluation.anatomy import block_costs
-from ais.evaluation.quality import make_reference, score
+from ais.evaluation.quality import decode_logprobs, make_reference, score_conditions
+from ais.evaluation.references import importance_chunks
 from ais.methods import Method, make
 from ais.methods.base import Calibration
 
@@ -15,28 +16,46 @@ def needs_calibration(method: Method) -> bool:
     return type(method).calibrate is not Method.calibrate
 
 
+def calibration_references(engine, tokenizer, prompts_by_category: dict[str, list[str]], n_continuation: int,
+                           protocol: str, references=None) -> list:
+    """The full model's references of the calibration prompts (the reference stage's `importance`
+    groups where given, else computed here in the same batches), scored by `protocol`."""
+    out = []
+    for category, prompts in sorted(prompts_by_category.items()):
+        for k, chunk in enumerate(importance_chunks(prompts)):
+            if references is not None:
+                out.append(references.get(f"importance/{category}/{k}", chunk, protocol))
+            else:
+                ref = make_reference(engine, tokenizer, chunk, n_continuation)
+                if protocol == "decode":
+                    ref.full_logprobs = decode_logprobs(engine, ref, None)
+                ref.protocol = protocol
+                out.append(ref)
+    return out
+
+
 def build_calibration(decoder, tokenizer, prompts_by_category: dict[str, list[str]], n_continuation: int,
-                      protocol: str = "decode", costs: dict[str, float] | None = None) -> Calibration:
-    """References of every calibration prompt (one batch per category), `score(plans)` (each plan's mean
-    top-1 agreement and KL over all of them, by `protocol`) and the decode cost of every block."""
+                      protocol: str = "decode", costs: dict[str, float] | None = None, references=None) -> Calibration:
+    """References of every calibration prompt, `score(plans)` (each plan's mean top-1 agreement and KL
+    over all of them, by `protocol`, every plan in one shared pass per batch) and the decode cost of
+    every block."""
     engine = decoder.engine
-    references = [make_reference(engine, tokenizer, prompts, n_continuation)
-                  for _, prompts in sorted(prompts_by_category.items())]
+    refs = calibration_references(engine, tokenizer, prompts_by_category, n_continuation, protocol, references)
 
     def score_plans(plans):
-        out = []
-        for plan in plans:
-            per_row = [score(engine, ref, [plan] * len(ref), protocol) for ref in references]
-            out.append({k: float(np.mean(np.concatenate([r[k] for r in per_row]))) for k in ("top1", "kl")})
-        return out
+        per_ref = [score_conditions(engine, ref, {i: [p] * len(ref) for i, p in enumerate(plans)}, protocol)
+                   for ref in refs]
+        return [{k: float(np.mean(np.concatenate([r[i][k] for r in per_ref]))) for k in ("top1", "kl")}
+                for i in range(len(plans))]
 
     first = next(p for ps in prompts_by_category.values() for p in ps)
-    return Calibration(engine, tokenizer, prompts_by_category, references, score_plans,
+    return Calibration(engine, tokenizer, prompts_by_category, refs, score_plans,
                        costs if costs is not None else block_costs(engine, tokenizer, first))
 
 
 def calibrated(decoder, tokenizer, names: list[str], prompts_by_category: dict[str, list[str]] | None,
-               n_continuation: int, protocol: str = "decode", costs: dict[str, float] | None = None) -> dict[str, Method]:
+               n_continuation: int, protocol: str = "decode", costs: dict[str, float] | None = None,
+               references=None) -> dict[str, Method]:
     """{name: method} for the named methods on the decoder's setup, those that calibrate calibrated on
     the calibration prompts (built once, only if one of them needs it; `costs`: the block costs the
     caller measured, so that every plan is costed by the same table)."""
@@ -45,7 +64,8 @@ def calibrated(decoder, tokenizer, names: list[str], prompts_by_category: dict[s
     if wanting:
         if not prompts_by_category:
             raise ValueError(f"methods {[m.name for m in wanting]} calibrate, but no calibration prompts were given")
-        calibration = build_calibration(decoder, tokenizer, prompts_by_category, n_continuation, protocol, costs)
+        calibration = build_calibration(decoder, tokenizer, prompts_by_category, n_continuation, protocol, costs,
+                                        references)
         for method in wanting:
             method.calibrate(calibration)
     return methods

@@ -21,6 +21,7 @@ sum, product). Its numbers (Llama-3-8B-Instruct, 32 layers, trained gates) are F
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -125,14 +126,16 @@ def token_depths(engine, prompt_ids: list[int], continuation: list[int]) -> dict
     sequence = list(prompt_ids) + list(continuation[:-1])
     positions = list(range(len(prompt_ids) - 1, len(sequence)))
     ids = torch.tensor([sequence], device=engine.device)
+    # one forward of the whole sequence gives every layer's states and, cut back by its last position,
+    # the full model's cache the per-position skips attend to
+    flight = engine.start(torch.ones_like(ids))
     record = Record(states=True)
-    engine.forward(ids, record=record)
+    flight.step(ids, record=record, logits=False)
+    flight.truncate(len(sequence) - 1)
     states = record.kept_states
     saturation = saturation_depth(engine, states, positions)
     order = influence_order(states, positions)
     truth = engine.head(states[-1][0, positions]).argmax(-1)  # the full model's own top-1 at each position
-    flight = engine.start(torch.ones_like(ids[:, :-1]))
-    flight.step(ids[:, :-1], logits=False)
     flight.repeat_rows(len(positions))
     tokens = ids[0, positions]
     low = torch.zeros(len(positions), dtype=torch.long, device=engine.device)       # keeps the top-1
@@ -164,6 +167,22 @@ def greedy_continuations(engine, tokenizer, prompts: list[str], max_new_tokens: 
             tokens = new[row][:new[row].index(eos) + 1] if eos in new[row] else new[row]
             out[i] = (ids, tokens)
     return out
+
+
+def depth_items(params: dict, corpus_rows: list[dict]) -> list[tuple[str, str, int, str]]:
+    """(kind, group, index, prompt) of every depth prompt: FlexiDepth's six operations (paragraphs from
+    `depth.paragraphs`, seeded lists) and held-out prompts of seen tasks per category."""
+    from ais.params import get
+    from ais.routing.corpus import fetch_bigbench, prompts_by_category, read_tasks
+
+    archive = get(params, "corpus.archive")
+    task = get(params, "depth.paragraphs")
+    examples = read_tasks(fetch_bigbench() if archive == "auto" else Path(archive), {task})[task]
+    paragraphs = [first_sentences(e["input"], get(params, "corpus.max_chars")) for e in examples]
+    groups = {"operation": operation_prompts(paragraphs, get(params, "depth.n_per_operation"), get(params, "depth.seed")),
+              "category": prompts_by_category(corpus_rows, "heldout", get(params, "depth.n_per_category"))}
+    return [(kind, group, i, prompt) for kind, by_group in groups.items() for group, prompts in by_group.items()
+            for i, prompt in enumerate(prompts)]
 
 
 def summarise_depths(per_item: dict[str, list[dict]], n_layers: int, seed: int) -> dict:

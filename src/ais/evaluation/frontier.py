@@ -25,17 +25,22 @@ from ais.model.plan import NEVER
 from ais.decoding.greedy import decode, prefill
 from ais.device import summary, speedup, time_interleaved
 from ais.evaluation.calibration import calibrated
-from ais.evaluation.quality import compare_logprobs, decode_gated, decode_logprobs, make_reference
+from ais.evaluation.quality import decode_logprobs, make_reference, score_conditions, score_gates
+from ais.evaluation.references import frontier_chunks
 from ais.evaluation.statistics import mean_interval, paired_difference
 from ais.model.engine import LayerRows
 from ais.model.plan import NO_SKIP
 from ais.model.prompts import context_length, encode_prompts
 
-FLOOR, PROMPT_ORACLE = "stepwise_full", "prompt_oracle"
+FLOOR, PROMPT_ORACLE, OOS = "stepwise_full", "prompt_oracle", "prompt_oracle_oos"
 # the adaptivity ladder, least to most input-dependent (the per-prompt oracle is its ceiling)
 LADDER = ("global", "category", "neighbours", "prompt", "dynamic")
 COMPARED = ("global", "category")  # each level's paired difference is reported against these, at the same count
-EXTRA_PAIRS = ((PROMPT_ORACLE, "prompt"), ("neighbours", "category_scores"), ("category_scores", "category"))
+# (higher, lower, positions): the late half for the out-of-sample ceiling, which was searched on the early one
+EXTRA_PAIRS = ((PROMPT_ORACLE, "prompt", ""), ("neighbours", "category_scores", ""), ("category_scores", "category", ""),
+               ("plan_map", "global", ""), ("plan_map", "category", ""), ("plan_map_learned", "global", ""),
+               (OOS, "global", "_late"),
+               (PROMPT_ORACLE, OOS, "_late"), ("global", "category", "_late"))
 
 
 def plan_cost(plan, costs: dict[str, float]) -> float:
@@ -48,7 +53,8 @@ def plan_cost(plan, costs: dict[str, float]) -> float:
 
 def measure_quality(decoder, tokenizer, prompts_by_split: dict[str, dict[str, list[str]]], methods: dict,
                     counts: list[int], n_continuation: int, costs: dict[str, float], oracle_counts: list[int] = (),
-                    oracle_per_category: int = 1, batch_size: int = 18, progress: bool = True) -> list[dict]:
+                    oracle_per_category: int = 1, batch_size: int = 18, progress: bool = True,
+                    references=None) -> list[dict]:
     """Per-prompt rows {split, category, prompt, method, n_skipped, layers_skipped, cost, top1, top5, kl}:
     `n_skipped` is the point's nominal count, `layers_skipped` what the prompt's decoded tokens skipped
     (whole layers; a sub-layer block counts half), `cost` the saving in measured layers. Each split's
@@ -56,46 +62,49 @@ def measure_quality(decoder, tokenizer, prompts_by_split: dict[str, dict[str, li
     engine, setup = decoder.engine, decoder.setup
     rows = []
     for split, by_category in prompts_by_split.items():
-        items = [(c, i, p) for c in sorted(by_category) for i, p in enumerate(by_category[c])]
-        chunks = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
-        for chunk in tqdm(chunks, desc=f"frontier {split}", unit="batch", disable=not progress):
+        chunks = frontier_chunks(by_category, batch_size)
+        for k, chunk in enumerate(tqdm(chunks, desc=f"frontier {split}", unit="batch", disable=not progress)):
             prompts, truth = [p for *_, p in chunk], [c for c, *_ in chunk]
             routes = decoder.route_prompts(tokenizer, prompts, mode="full", scores=True)  # + each prompt's own scores
-            ref = make_reference(engine, tokenizer, prompts, n_continuation)
-            ref.full_logprobs = decode_logprobs(engine, ref, None)  # the reference, computed by the same protocol
-            ref.protocol = "decode"
+            if references is not None:  # computed once by the reference stage, in these very batches
+                ref = references.get(f"frontier/{split}/{k}", prompts, "decode")
+            else:
+                ref = make_reference(engine, tokenizer, prompts, n_continuation)
+                ref.full_logprobs = decode_logprobs(engine, ref, None)  # the reference, computed by the same protocol
+                ref.protocol = "decode"
             everyone = list(range(len(chunk)))
             requests = decoder.requests(routes, prompts, truth, [ref.rows([j]) for j in everyone])
-            points = {}
+            points, shared, subsets = {}, {}, {}
+            gates = {(FLOOR, 0): NEVER}  # the floor: the full model one token at a time, as the gated steps run
             for name, method in methods.items():
                 if method.per_token:
-                    for n in counts:
-                        if n > 0:
-                            logprobs, depth = decode_gated(engine, ref, method.gate(setup.budget(n)))
-                            points[(name, n)] = (compare_logprobs(ref.full_logprobs, logprobs, ref.scored),
-                                                 _skipped(engine.n_layers, depth, ref.scored), None, everyone)
+                    gates.update({(name, n): method.gate(setup.budget(n)) for n in counts if n > 0})
                     continue
-                if name == PROMPT_ORACLE:
+                if getattr(method, "subset", False):
                     members = [j for j, (_, i, _) in enumerate(chunk) if i < oracle_per_category]  # the search is dear
                     budgets = [n for n in oracle_counts if n > 0]
                 elif getattr(method, "own_budget", False):
                     members, budgets = everyone, [None]
                 else:
                     members, budgets = everyone, [n for n in counts if n > 0]
-                if not members:
+                for n in budgets:
+                    plans = method.plans([requests[j] for j in members], setup.budget(n))
+                    key = n if n is not None else int(round(np.mean([len(p.layers) for p in plans])))
+                    (shared if members == everyone else subsets.setdefault(tuple(members), {}))[(name, key)] = plans
+            # every static plan of the chunk in one pass: the prompt's prefill and the layers below the lowest
+            # skipped layer run once, then each prompt fans out into one row per plan
+            for members, conditions in [(everyone, shared)] + [(list(m), c) for m, c in subsets.items()]:
+                if not conditions or not members:
                     continue
                 sub = ref if len(members) == len(chunk) else ref.rows(members)
-                for n in budgets:
-                    plans = [method.plan(requests[j], setup.budget(n)) for j in members]
-                    key = n if n is not None else int(round(np.mean([len(p.layers) for p in plans])))
-                    logprobs = decode_logprobs(engine, sub, plans)
-                    points[(name, key)] = (compare_logprobs(sub.full_logprobs, logprobs, sub.scored),
-                                           [p.blocks / 2 for p in plans],
-                                           [plan_cost(p, costs) for p in plans] if costs else None, members)
-            logprobs, depth = decode_gated(engine, ref, NEVER)
-            points[(FLOOR, 0)] = (compare_logprobs(ref.full_logprobs, logprobs, ref.scored),
-                                  [0.0] * len(chunk), None, everyone)
+                scored = score_conditions(engine, sub, conditions, "decode", split=True)
+                for key, plans in conditions.items():
+                    points[key] = (scored[key], [p.blocks / 2 for p in plans],
+                                   [plan_cost(p, costs) for p in plans] if costs else None, members)
+            for key, (scores, depth) in score_gates(engine, ref, gates, split=True).items():  # every gate in one pass
+                points[key] = (scores, _skipped(engine.n_layers, depth, ref.scored), None, everyone)
             for (name, n), (scores, skipped, cost, members) in points.items():
+                scores = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in scores.items()}
                 for at, j in enumerate(members):
                     category, i, _ = chunk[j]
                     row = {"split": split, "category": category, "prompt": i, "method": name, "n_skipped": n,
@@ -144,25 +153,43 @@ def request_calls(decoder, methods: dict, counts: list[int], new_tokens: int) ->
 
 
 def measure_speed(decoder, tokenizer, prompts: list[str], calls: dict[tuple, callable], batch_sizes: list[int],
-                  new_tokens: int, warmup: int, repeats: int, seed: int) -> dict[tuple, dict]:
-    """{(method, n, batch size): median seconds, IQR, tokens/s and the paired speedup over the full
-    model}: in repeat r every call gets the same batch (the next `size` prompts of `prompts`), in a
-    seeded random order; the first `warmup` repeats are not counted."""
+                  new_tokens: int, warmup: int, repeats: int, seed: int, target_iqr: float | None = None,
+                  min_repeats: int = 2) -> dict[tuple, dict]:
+    """{(method, n, batch size): median seconds, IQR, tokens/s, the paired speedup over the full model
+    and the repeats it took}: in repeat r every timed call gets the same batch (the next `size` prompts
+    of `prompts`), in a seeded random order, beside the full model; the first `warmup` repeats are not
+    counted. With `target_iqr`, a point stops being timed once it has `min_repeats` repeats and the
+    interquartile range of its per-repeat speedups is at most that (repeats set by the interval they
+    must reach); at most `repeats` repeats."""
     model = decoder.model
     out = {}
+    full_key = ("full", 0)
     for size in batch_sizes:
         times = {key: [] for key in calls}
+        active = set(calls)
         for r in range(warmup + repeats):
             batch = encode_prompts(tokenizer, _rotating(prompts, size, r), model.device, context_length(model) - new_tokens)
-            one = time_interleaved({key: (lambda fn=fn: fn(batch)) for key, fn in calls.items()}, model.device, 0, 1,
-                                   seed + r)
-            if r >= warmup:
-                for key, t in one.items():
-                    times[key].append(float(t[0]))
-        full = np.array(times[("full", 0)])
+            timed = {key: (lambda fn=calls[key]: fn(batch)) for key in calls if key in active or key == full_key}
+            one = time_interleaved(timed, model.device, 0, 1, seed + r)
+            if r < warmup:
+                continue
+            for key, t in one.items():
+                times[key].append(float(t[0]))
+            if target_iqr is not None:
+                for key in list(active - {full_key}):
+                    n = len(times[key])
+                    if n >= min_repeats:
+                        ratios = np.array(times[full_key][:n]) / np.array(times[key])
+                        q1, q3 = np.percentile(ratios, [25, 75])
+                        if q3 - q1 <= target_iqr:
+                            active.discard(key)
+                if active <= {full_key}:
+                    break
+        full = np.array(times[full_key])
         for key, t in times.items():
             stats = summary(np.array(t))
-            out[(*key, size)] = {**stats, **speedup(full, np.array(t)),
+            paired = full[:len(t)]  # the repeats this point was timed in, paired with the full model's
+            out[(*key, size)] = {**stats, **speedup(paired, np.array(t)), "repeats": len(t),
                                  "tok_per_s": round(size * new_tokens / stats["median_s"], 2)}
     return out
 
@@ -188,6 +215,9 @@ def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: i
                "kl": round(float(np.mean([r["kl"] for r in members])), 4)}
         if all("cost" in r for r in members):
             row["cost"] = round(float(np.mean([r["cost"] for r in members])), 3)
+        late = [r["top1_late"] for r in members if r.get("top1_late") == r.get("top1_late") and "top1_late" in r]
+        if late:  # the second half of the positions (where the out-of-sample ceiling is scored)
+            row["top1_late"] = round(float(np.mean(late)), 4)
         for other in COMPARED:
             if other != method and (split, other, n) in by_key and n > 0:
                 theirs = {(r["category"], r["prompt"]): r["top1"] for r in by_key[(split, other, n)]}
@@ -199,6 +229,7 @@ def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: i
             timed = speed.get((method, n, size)) or (speed.get(("full", 0, size)) if n == 0 and method != FLOOR else None)
             if timed is not None:
                 row.update({f"b{size}_tok_per_s": timed["tok_per_s"], f"b{size}_speedup": round(timed["speedup"], 4),
+                            f"b{size}_repeats": timed.get("repeats"),
                             f"b{size}_speedup_q1": round(timed["speedup_q1"], 4),
                             f"b{size}_speedup_q3": round(timed["speedup_q3"], 4)})
         saved = row.get("cost", skipped) if mode == "hard" or token else 0.0
@@ -207,11 +238,12 @@ def summarise(rows: list[dict], speed: dict[tuple, dict], mode: str, n_layers: i
     return out
 
 
-def ladder_pairs(methods: set[str]) -> list[tuple[str, str]]:
-    """(higher, lower) for each adjacent pair of the measured ladder levels, then the extra pairs
-    (without map.prompt_scores there is no neighbours level: prompt is compared with the category)."""
+def ladder_pairs(methods: set[str]) -> list[tuple[str, str, str]]:
+    """(higher, lower, positions suffix) for each adjacent pair of the measured ladder levels, then the
+    extra pairs (without map.prompt_scores there is no neighbours level: prompt is compared with the
+    category)."""
     levels = [m for m in LADDER if m in methods]
-    return list(zip(levels[1:], levels[:-1])) + [p for p in EXTRA_PAIRS if set(p) <= methods]
+    return [(a, b, "") for a, b in zip(levels[1:], levels[:-1])] + [p for p in EXTRA_PAIRS if set(p[:2]) <= methods]
 
 
 def ladder_gaps(rows: list[dict], seed: int) -> list[dict]:
@@ -221,15 +253,21 @@ def ladder_gaps(rows: list[dict], seed: int) -> list[dict]:
     out = []
     for split in sorted({r["split"] for r in rows}):
         for n in sorted({r["n_skipped"] for r in rows if r["n_skipped"] > 0}):
-            for higher, lower in ladder_pairs({r["method"] for r in rows if r["n_skipped"] == n}):
+            for higher, lower, part in ladder_pairs({r["method"] for r in rows if r["n_skipped"] == n}):
                 keys = [(r["category"], r["prompt"]) for r in rows
                         if (r["split"], r["method"], r["n_skipped"]) == (split, higher, n)]
                 pairs = [(index[(split, higher, n, *k)], index.get((split, lower, n, *k))) for k in keys]
                 if not pairs or any(b is None for _, b in pairs):
                     continue
-                row = {"split": split, "n_skipped": n, "higher": higher, "lower": lower, "n_prompts": len(pairs)}
+                if part:  # prompts with no scored position in that half have nothing to compare
+                    pairs = [(a, b) for a, b in pairs if a.get("top1" + part) == a.get("top1" + part)]
+                    if not pairs:
+                        continue
+                row = {"split": split, "n_skipped": n, "higher": higher, "lower": lower,
+                       "positions": "late half" if part else "all", "n_prompts": len(pairs)}
                 for metric in ("top1", "kl"):
-                    diff = paired_difference([a[metric] for a, _ in pairs], [b[metric] for _, b in pairs], seed)
+                    diff = paired_difference([a[metric + part] for a, _ in pairs], [b[metric + part] for _, b in pairs],
+                                             seed)
                     row.update({f"{metric}_difference{k[len(metric):]}": round(v, 4)
                                 for k, v in diff.as_dict(metric).items() if not k.endswith("_n")})
                 out.append(row)
@@ -273,9 +311,9 @@ def dynamic_overheads(engine, tokenizer, prompt: str, layer_index: int, warmup: 
 
 
 def frontier_methods(decoder, tokenizer, names: list[str], calibration_prompts, n_continuation: int,
-                     costs: dict[str, float] | None = None) -> dict:
+                     costs: dict[str, float] | None = None, references=None) -> dict:
     """The named methods, calibrated (decode-time) on the calibration prompts where they ask, costed by `costs`."""
-    return calibrated(decoder, tokenizer, names, calibration_prompts, n_continuation, "decode", costs)
+    return calibrated(decoder, tokenizer, names, calibration_prompts, n_continuation, "decode", costs, references)
 
 
 __all__ = ["COMPARED", "FLOOR", "LADDER", "NO_SKIP", "PROMPT_ORACLE", "dynamic_overheads", "frontier_methods",

@@ -18,7 +18,8 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
-from ais.evaluation.quality import Reference, compare_logprobs, make_reference, score
+from ais.evaluation.quality import Reference, compare_logprobs, make_reference
+from ais.evaluation.references import importance_chunks
 from ais.methods.original import layer_groups
 from ais.methods.search import greedy_removal
 from ais.model.engine import Record
@@ -27,11 +28,10 @@ from ais.model.plan import SkipPlan
 METHODS = ("single", "group", "block_influence", "greedy")
 
 
-def references(engine, tokenizer, prompts: list[str], n_continuation: int, chunk: int) -> list[Reference]:
+def _references(engine, tokenizer, prompts: list[str], n_continuation: int, chunk: int) -> list[Reference]:
     """The full model's teacher-forced references, `chunk` prompts of similar length per forward
     (less padding; the order of the prompts does not matter to any measure)."""
-    prompts = sorted(prompts, key=len)
-    return [make_reference(engine, tokenizer, prompts[i:i + chunk], n_continuation) for i in range(0, len(prompts), chunk)]
+    return [make_reference(engine, tokenizer, part, n_continuation) for part in importance_chunks(prompts, chunk)]
 
 
 def block_influence(engine, batch: dict) -> torch.Tensor:
@@ -43,50 +43,76 @@ def block_influence(engine, batch: dict) -> torch.Tensor:
 
 
 def per_prompt_ablations(engine, refs: list[Reference], n_groups: int) -> dict[str, np.ndarray]:
-    """Per-prompt single-layer KL, group KL and block influence (prompts x layers or groups)."""
+    """Per-prompt single-layer KL, group KL and block influence (prompts x layers or groups): one
+    recorded forward of the full model gives every layer's input and the block influence, and every
+    ablation starts from the state entering the layers it removes."""
     n_layers = engine.n_layers
-    groups = layer_groups(n_layers, n_groups)
+    groups = [[i for i in members if i != 0] for members in layer_groups(n_layers, n_groups)]
     single, group_kl, influence = [], [], []
     for ref in refs:
-        rows = ref.batch["input_ids"].shape[0]
+        rows = len(ref)
+        record = Record(states=True, influence=True)
+        engine.forward(ref.batch["input_ids"], ref.batch["attention_mask"], record=record)
+        layers = list(range(1, n_layers))
+        scores = from_states(engine, ref, record.kept_states,
+                             [(j, [j]) for j in layers] + [(g[0], g) for g in groups if g])
         s = np.full((rows, n_layers), np.nan)
-        for layer, scores in ablate(engine, ref, [], list(range(1, n_layers))).items():
-            s[:, layer] = scores["kl"]
+        for j in layers:
+            s[:, j] = scores[(j, (j,))]["kl"]
         g = np.full((rows, n_groups), np.nan)
         for k, members in enumerate(groups):
-            skippable = [i for i in members if i != 0]
-            if skippable:
-                g[:, k] = score(engine, ref, [SkipPlan.make(hard=skippable)] * rows)["kl"]
+            if members:
+                g[:, k] = scores[(members[0], tuple(members))]["kl"]
         single.append(s)
         group_kl.append(g)
-        influence.append(block_influence(engine, ref.batch).numpy())
+        influence.append(record.influence_matrix(rows, n_layers, "cpu").numpy())
     group_kl = np.concatenate(group_kl)
     group = np.zeros((len(group_kl), n_layers))
-    for k, members in enumerate(groups):
+    for k, members in enumerate(layer_groups(n_layers, n_groups)):
         group[:, members] = group_kl[:, [k]]
     return {"single": np.concatenate(single), "group": group, "group_kl": group_kl,
             "block_influence": np.concatenate(influence)}
 
 
 @torch.inference_mode()
+def from_states(engine, ref: Reference, states: list[torch.Tensor], ablations: list[tuple[int, list[int]]],
+                head_rows: int = 32) -> dict[tuple, dict[str, np.ndarray]]:
+    """Per-prompt KL(full || ablated) and top-1 agreement of each ablation (start, removed): the rows
+    of every ablation run in one batch, each entering at layer `start` with `states[start]` (the state
+    entering that layer under what ran before) and skipping `removed`; the layers below `start` are
+    already in that state, so for that row they are skipped too, and cost nothing."""
+    batch, n = ref.batch, len(ref)
+    hidden = torch.cat([states[start] for start, _ in ablations])
+    plans = [SkipPlan.make(hard=set(range(1, start)) | set(removed)) for start, removed in ablations for _ in range(n)]
+    mask = batch["attention_mask"].repeat(len(ablations), 1)
+    first = min(start for start, _ in ablations)
+    final = engine.forward(batch["input_ids"].repeat(len(ablations), 1), mask, plans, start=first, hidden=hidden)
+    final = final[:, ref.columns]
+    out, kl, top1 = {}, [], []
+    for lo in range(0, len(final), head_rows):
+        members = torch.arange(lo, min(len(final), lo + head_rows)) % n
+        logprobs = torch.log_softmax(engine.head(final[lo:lo + head_rows]).float(), -1)
+        scores = compare_logprobs(ref.full_logprobs[members], logprobs, ref.scored[members])
+        kl.append(scores["kl"])
+        top1.append(scores["top1"])
+    kl, top1 = torch.cat(kl).cpu().numpy(), torch.cat(top1).cpu().numpy()
+    for a, (start, removed) in enumerate(ablations):
+        out[(start, tuple(removed))] = {"kl": kl[a * n:(a + 1) * n], "top1": top1[a * n:(a + 1) * n]}
+    return out
+
+
+@torch.inference_mode()
 def ablate(engine, ref: Reference, removed: list[int], candidates: list[int]) -> dict[int, dict[str, np.ndarray]]:
     """Per-prompt KL(full || skipped) and top-1 agreement with `removed` plus each candidate layer
     hard-skipped. The layers below a candidate compute what they compute under `removed` alone, so
-    they run once, and each candidate's forward starts at the layer after it from the state entering
-    it (half the cost of scoring each plan whole, the same values up to float rounding)."""
+    they run once (a recorded forward under `removed`), and each candidate starts from the state
+    entering it (half the cost of scoring each plan whole, the same values up to float rounding)."""
     batch, rows = ref.batch, len(ref)
     record = Record(states=True)
     engine.forward(batch["input_ids"], batch["attention_mask"], [SkipPlan.make(hard=removed)] * rows,
                    stop=max(candidates) + 1, record=record)
-    inputs = record.kept_states  # the state entering layer i is inputs[i]
-    out = {}
-    for j in candidates:
-        final = engine.forward(batch["input_ids"], batch["attention_mask"], [SkipPlan.make(hard=removed + [j])] * rows,
-                               start=j + 1, hidden=inputs[j])
-        logprobs = torch.log_softmax(engine.head(final[:, ref.columns]).float(), -1)
-        scores = compare_logprobs(ref.full_logprobs, logprobs, ref.scored)
-        out[j] = {"kl": scores["kl"].cpu().numpy(), "top1": scores["top1"].cpu().numpy()}
-    return out
+    found = from_states(engine, ref, record.kept_states, [(j, sorted(set(removed) | {j})) for j in candidates])
+    return {j: found[(j, tuple(sorted(set(removed) | {j})))] for j in candidates}
 
 
 def greedy_search(engine, refs: list[Reference], candidates: list[int], steps: int, bar=None) -> np.ndarray:
@@ -136,7 +162,8 @@ def _halves(refs: list[Reference]) -> list[list[Reference]]:
 
 
 def measure(engine, tokenizer, prompts_by_category: dict[str, list[str]], n_continuation: int, n_groups: int,
-            method: str, pivot: int, greedy_steps: int, chunk: int = 16, progress: bool = True) -> dict:
+            method: str, pivot: int, greedy_steps: int, chunk: int = 16, progress: bool = True,
+            references=None) -> dict:
     """Raw importance {method: categories x layers} for the ablation measures (and the greedy search
     when `method` is greedy: it costs about one single-layer sweep per step, three times over for
     its split-half stability), the same measures over all prompts pooled ({`global_<method>`: layers}),
@@ -144,7 +171,11 @@ def measure(engine, tokenizer, prompts_by_category: dict[str, list[str]], n_cont
     plan may skip) and over all measured layers."""
     categories = sorted(prompts_by_category)
     n_layers = engine.n_layers
-    refs = {c: references(engine, tokenizer, prompts_by_category[c], n_continuation, chunk) for c in categories}
+    if references is not None:  # the reference stage's, in the same batches
+        refs = {c: [references.get(f"importance/{c}/{k}", part, "forced")
+                    for k, part in enumerate(importance_chunks(prompts_by_category[c], chunk))] for c in categories}
+    else:
+        refs = {c: _references(engine, tokenizer, prompts_by_category[c], n_continuation, chunk) for c in categories}
     all_refs = [r for c in categories for r in refs[c]]
     candidates = list(range(max(1, pivot), n_layers))
     searched = min(greedy_steps, len(candidates)) if method == "greedy" else 0

@@ -21,18 +21,18 @@ import torch
 from scipy.optimize import brentq
 from tqdm import tqdm
 
-from ais.decoding.speculative import (ABLATIONS, DRAFTERS, forward_tokens, make_drafter, prefill_logits,
+from ais.decoding.speculative import (ABLATIONS, DRAFTERS, drafter_for_route, forward_tokens, prefill_logits,
                                      speculative_generate)
 from ais.device import Stopwatch, time_interleaved
 from ais.evaluation.statistics import mean_interval, ratio_of_rates_interval
 from ais.model.engine import Engine
-from ais.model.plan import SkipPlan
 from ais.model.prompts import chat_ids, context_length
-from ais.routing.budget import n_layers_to_skip
 
-BASELINES = ("generate", "generate_prompt_lookup")  # transformers, as a user calls it
-CHOICES = ("routed_skip", "clasp", "prompt_lookup")  # what a category may choose instead of no draft
-ROUTED = ("routed_skip", "clasp", *ABLATIONS)        # drafters that need the prompt's route (CLaSp: its M)
+BASELINES = ("generate", "generate_prompt_lookup")  # transformers, as a user calls it (prompt lookup at the
+LOOKUP = "generate_prompt_lookup"                    # `prompt_lookup_num_tokens` fastest on the calibration prompts)
+CHOICES = ("routed_skip", "clasp", "prompt_lookup", "suffix")  # what a category may choose instead of no draft
+ROUTED = ("routed_skip", "clasp", "suffix", *ABLATIONS)  # drafters that need the prompt's route (CLaSp: its M;
+                                                     # suffix: its router embedding, for the nearest replies)
 SYSTEM = "system"                                    # each prompt decoded with its routed category's drafter
 REFERENCE_DTYPE = "bfloat16"                         # every speedup is against `generate` greedy in this dtype
 
@@ -112,40 +112,35 @@ def route_seconds(decoder, tokenizer, prompt: str):
     return route, clock.seconds
 
 
-OTHER_DTYPE = ("none", "prompt_lookup")  # beside the baselines in the dtype the system does not run in
+OTHER_DTYPE = ("none", "prompt_lookup", "suffix")  # beside the baselines in the dtype the system does not run in
 
 
-def variants(dtypes: list[str], system_dtype: str) -> list[tuple[str, str]]:
+def variants(dtypes: list[str], system_dtype: str, ablations: bool = False) -> list[tuple[str, str]]:
     """(dtype, decoder) pairs measured on every test prompt: in the system's dtype the baselines, every
-    drafter, the chosen-drafter system and the routed drafter's ablations; in the other dtype the
-    baselines and the loop without a draft and with prompt lookup (the layer-skip drafters' exactness
-    in both dtypes is the tests' job)."""
-    out = [(system_dtype, name) for name in BASELINES + DRAFTERS + (SYSTEM, *ABLATIONS)]
-    return out + [(d, name) for d in dtypes if d != system_dtype for name in BASELINES + OTHER_DTYPE]
-
-
-def draft_layers(decoder, settings: dict) -> int:
-    """Layers the routed draft skips: `lossless.draft_fraction` of the model's."""
-    return n_layers_to_skip(settings["draft_fraction"], decoder.engine.n_layers)
+    drafter and the chosen-drafter system (with `ablations`, also the routed drafter without each of
+    its two refinements: the full-size run's); in the other dtype transformers' greedy `generate` and
+    the loop without a draft and with prompt lookup, for exactness in that dtype (the layer-skip
+    drafters' exactness in both dtypes is the tests' job)."""
+    out = [(system_dtype, name) for name in BASELINES + DRAFTERS + (SYSTEM,) + (ABLATIONS if ablations else ())]
+    return out + [(d, name) for d in dtypes if d != system_dtype for name in ("generate",) + OTHER_DTYPE]
 
 
 def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: str, settings: dict,
-                chosen: dict[str, str]) -> tuple[list[int], dict]:
+                chosen: dict[str, str], datastore=None) -> tuple[list[int], dict]:
     """One generation by decoder `name` on `model`, timed as deployed: (tokens, row fields). Drafters
     that need the prompt's route (the routed ones, and the system, whose drafter is its category's)
     get it from the prefill when `model` is the router's model, else from a routing pass in the clock."""
     eos, gamma, n_new = tokenizer.eos_token_id, settings["gamma"], settings["max_new_tokens"]
-    if name in BASELINES:
-        tokens, seconds = generate_baseline(model, ids, n_new, eos, gamma if name != "generate" else None)
+    if name.split("@")[0] in BASELINES:  # generate_prompt_lookup@n: the sweep's setting n
+        lookup = None if name == "generate" else int(name.split("@")[1]) if "@" in name else settings["lookup"]
+        tokens, seconds = generate_baseline(model, ids, n_new, eos, lookup)
         return tokens, {"seconds": seconds, "steps": len(tokens), "drafted": 0, "accepted": 0, "draft_seconds": 0.0,
                         "verify_seconds": 0.0, "threshold": None, "clasp_updates": None, "drafter": None}
     made = []
 
     def drafter_for(route):
         drafter_name = chosen.get(route.category, "none") if name == SYSTEM else name
-        plan = decoder.plan_for(route.category, draft_layers(decoder, settings), mode="hard") if route else SkipPlan()
-        made.append(make_drafter(drafter_name, plan, settings["confidence"], settings["ngram"],
-                                 decoder.skippable_layers(), settings["clasp_interval"]))
+        made.append(drafter_for_route(decoder, drafter_name, route, settings, datastore))
         return made[-1]
 
     routing = 0.0
@@ -165,7 +160,7 @@ def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: st
 
 def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str, list[str]], split: str,
                  pairs: list[tuple[str, str]], settings: dict, seed: int, chosen: dict[str, str] | None = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, datastore=None) -> list[dict]:
     """One row per prompt and (dtype, decoder) pair: tokens, seconds (routing included for the
     decoders that need it), steps, drafted and accepted tokens, and, where `generate` ran in that
     dtype, whether the tokens equal its tokens (with the first differing position and the
@@ -180,7 +175,8 @@ def generate_all(decoder, tokenizer, models: dict, prompts_by_category: dict[str
             done = {}
             for j in rng.permutation(len(pairs)):  # a fresh order per prompt: drift hits all alike
                 dtype, name = pairs[j]
-                tokens, fields = run_decoder(decoder, models[dtype], ids, prompt, tokenizer, name, settings, chosen or {})
+                tokens, fields = run_decoder(decoder, models[dtype], ids, prompt, tokenizer, name, settings, chosen or {},
+                                             datastore)
                 done[(dtype, name)] = ({"split": split, "category": category, "prompt": i,
                                         "routed_category": routed_category, "dtype": dtype, "decoder": name, **fields},
                                        tokens)
@@ -208,7 +204,7 @@ def _rate(rows: list[dict]) -> float:
 
 
 def _per_prompt(rows: list[dict]) -> dict:
-    return {(r["category"], r["prompt"]): r for r in rows}
+    return {(r["split"], r["category"], r["prompt"]): r for r in rows}
 
 
 def speedup_against(rows: list[dict], mine: list[dict], dtype: str, decoder: str, seed: int) -> dict:
@@ -232,6 +228,9 @@ def summarise(rows: list[dict], dtype: str, name: str, seed: int) -> dict:
     out = {"tok_per_s": round(_rate(mine), 2)}
     if any(r["dtype"] == REFERENCE_DTYPE for r in rows):
         out["vs_generate_bf16"] = speedup_against(rows, mine, REFERENCE_DTYPE, "generate", seed)
+    lookup_dtype = next((r["dtype"] for r in rows if r["decoder"] == LOOKUP), None)  # the system's dtype
+    if lookup_dtype is not None and name != LOOKUP:
+        out["vs_prompt_lookup"] = speedup_against(rows, mine, lookup_dtype, LOOKUP, seed)
     out["vs_generate_same_dtype"] = speedup_against(rows, mine, dtype, "generate", seed)
     out["identical_to_generate"] = round(float(np.mean([r["identical"] for r in mine])), 4)
     if name not in BASELINES:
@@ -301,49 +300,74 @@ def exactness(rows: list[dict], bound: dict[str, float]) -> dict:
     return out
 
 
-def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]], test: dict[str, list[str]],
-            settings: dict, system_dtype: str, seed: int, progress: bool = True):
+def best_lookup(rows: list[dict], dtype: str) -> tuple[int, dict[str, float]]:
+    """The `prompt_lookup_num_tokens` of the sweep with the most pooled tokens/s, and every setting's rate."""
+    rates = {r["decoder"]: None for r in rows if r["decoder"].startswith(LOOKUP + "@") and r["dtype"] == dtype}
+    for name in rates:
+        rates[name] = round(_rate([r for r in rows if r["decoder"] == name and r["dtype"] == dtype]), 2)
+    best = max(rates, key=lambda n: (rates[n], -int(n.split("@")[1])))
+    return int(best.split("@")[1]), {n.split("@")[1]: v for n, v in rates.items()}
+
+
+def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]], test: dict[str, dict[str, list[str]]],
+            settings: dict, system_dtype: str, seed: int, progress: bool = True, datastore=None):
     """(per-category results, overall metrics, per-generation rows, one example generation).
-    `models` maps dtype names to the model loaded in that dtype; the chosen system runs in `system_dtype`."""
+    `models` maps dtype names to the model loaded in that dtype; the chosen system runs in `system_dtype`;
+    `test` holds the test prompts per split; `datastore` is what the suffix drafter searches."""
     gamma = settings["gamma"]
     limit = context_length(decoder.model) - settings["max_new_tokens"] - gamma - 1
     warm = chat_ids(tokenizer, "Hello", limit)
-    for dtype, name in variants(list(models), system_dtype):  # warm-up of every code path
-        run_decoder(decoder, models[dtype], warm, "Hello", tokenizer, name, {**settings, "max_new_tokens": 4}, {})
-    choice = [(system_dtype, name) for name in ("none", *CHOICES)]  # all the choice needs
-    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", choice, settings, seed, progress=progress)
+    sweep = [f"{LOOKUP}@{n}" for n in settings["lookup_sweep"]]
+    pairs = variants(list(models), system_dtype, settings.get("ablations", False))
+    settings = {**settings, "lookup": settings["lookup_sweep"][0]}
+    for dtype, name in pairs + [(system_dtype, n) for n in sweep]:  # warm-up of every code path
+        run_decoder(decoder, models[dtype], warm, "Hello", tokenizer, name, {**settings, "max_new_tokens": 4}, {},
+                    datastore)
+    choice = [(system_dtype, name) for name in ("none", *CHOICES, *sweep)]  # all the choices need
+    rows = generate_all(decoder, tokenizer, models, calibration, "calibration", choice, settings, seed, progress=progress,
+                        datastore=datastore)
     chosen = choose_drafters(rows, system_dtype, settings["min_speedup"])
-    test_rows = generate_all(decoder, tokenizer, models, test, "test", variants(list(models), system_dtype), settings,
-                             seed + 1, chosen, progress)
-    names = variants(list(models), system_dtype)
+    settings["lookup"], lookup_rates = best_lookup(rows, system_dtype)
+    test_rows = []
+    for k, (split, prompts) in enumerate(test.items()):
+        test_rows += generate_all(decoder, tokenizer, models, prompts, split, pairs, settings, seed + 1 + k, chosen,
+                                  progress, datastore)
+    names = pairs
     first = next(r for r in test_rows if r["decoder"] == "generate")
-    ids = {d: chat_ids(tokenizer, test[first["category"]][0], limit) for d in models}
+    first_prompt = test[first["split"]][first["category"]][0]
+    ids = {d: chat_ids(tokenizer, first_prompt, limit) for d in models}
     verify_ms = {d: verify_cost(m, ids[d], gamma + 1) for d, m in models.items()}
     bound = {dtype: 2 * max(r["rounding_delta"] for r in test_rows if r["dtype"] == dtype and r["decoder"] == "generate")
              for dtype in models}  # the rounding of k-token forwards, over every test prompt's reference
-    drafters = {}
+    drafters, by_split = {}, {}
     for dtype, name in names:
         summary = summarise(test_rows, dtype, name, seed)
         if name not in BASELINES and name != SYSTEM:
             summary["cost_model"] = cost_model(summary, verify_ms[dtype])
         drafters.setdefault(dtype, {})[name] = summary
+        if dtype == system_dtype:
+            for split in test:
+                by_split.setdefault(split, {})[name] = summarise([r for r in test_rows if r["split"] == split], dtype,
+                                                                 name, seed)
     reference = (REFERENCE_DTYPE if REFERENCE_DTYPE in models else system_dtype, "generate")
     per_category = {}
-    for category in sorted(test):
+    for category in sorted({c for prompts in test.values() for c in prompts}):
         mine = [r for r in test_rows if r["category"] == category]
         base = _rate([r for r in mine if (r["dtype"], r["decoder"]) == reference])
-        per_category[category] = {"drafter": chosen[category], "n_prompts": len(test[category]),
+        per_category[category] = {"drafter": chosen.get(category, "none"),
+                                  "n_prompts": len({(r["split"], r["prompt"]) for r in mine}),
                                   "speedup_vs": "/".join(reference),
                                   **{f"{d}/{n}": round(_rate([r for r in mine if (r["dtype"], r["decoder"]) == (d, n)]) / base, 4)
                                      for d, n in names}}
     overall = {"system_dtype": system_dtype, "chosen": chosen, "system": drafters[system_dtype][SYSTEM],
                "exactness": exactness(test_rows, bound),
                "n_calibration_prompts": sum(len(p) for p in calibration.values()),
-               "n_test_prompts": sum(len(p) for p in test.values()),
-               "decoders": drafters, "verify_ms_by_tokens": verify_ms, **settings}
-    example = {"category": first["category"], "prompt": test[first["category"]][0], "reply": first["text"]}
+               "n_test_prompts": sum(len(p) for split in test.values() for p in split.values()),
+               "test_splits": {split: sum(len(p) for p in prompts.values()) for split, prompts in test.items()},
+               "lookup_sweep_tok_per_s": lookup_rates, "decoders": drafters, "by_split": by_split,
+               "verify_ms_by_tokens": verify_ms, **settings}
+    example = {"category": first["category"], "prompt": first_prompt, "reply": first["text"]}
     for r in rows + test_rows:
         r.pop("text", None)
         r.pop("token_ids", None)
     return per_category, overall, rows + test_rows, example
-

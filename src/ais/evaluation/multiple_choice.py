@@ -115,10 +115,12 @@ class SkipLM(HFLM):
     (`generate_until`) is greedy, on the engine, every row under its own plan; rolling
     log-likelihoods are scored one document at a time under its plan."""
 
-    def __init__(self, model, tokenizer, choose_plans: PlanChooser = no_skip, batch_size: int = 16, **kwargs):
+    def __init__(self, model, tokenizer, choose_plans: PlanChooser = no_skip, batch_size: int = 16,
+                 shared: "SharedScores | None" = None, condition: str | None = None, **kwargs):
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
         self.choose_plans = choose_plans
         self.engine = Engine(model)
+        self.shared, self.condition = shared, condition  # every condition scored in one pass, kept for the others
         self._plans: dict[str, SkipPlan] = {}
         self._by_tokens: dict[tuple, SkipPlan] = {}
         self._document_plan: SkipPlan | None = None
@@ -167,8 +169,13 @@ class SkipLM(HFLM):
                           disable=disable_tqdm):
             chunk = contexts[start:start + batch]
             owners = [i for c in chunk for i in by_context[c]]
-            packed = pack_options([(list(c[1]), [requests[i][2] for i in by_context[c]]) for c in chunk], pad)
-            for i, value in zip(owners, score_packed(self.engine, packed, self.device, [c[0] for c in chunk])):
+            questions = [(list(c[1]), [requests[i][2] for i in by_context[c]]) for c in chunk]
+            if self.shared is not None and all(isinstance(requests[by_context[c][0]][0], tuple) for c in chunk):
+                texts = [requests[by_context[c][0]][0][0] for c in chunk]
+                values = self.shared.scores(self.condition, texts, questions, pad)
+            else:
+                values = score_packed(self.engine, pack_options(questions, pad), self.device, [c[0] for c in chunk])
+            for i, value in zip(owners, values):
                 results[i] = value
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], value)
         return results
@@ -267,23 +274,70 @@ def pack_options(questions: list[tuple[list[int], list[list[int]]]], pad_id: int
 
 
 @torch.no_grad()
-def score_packed(engine, packed: Packed, device, plans: list[SkipPlan] | None = None) -> list[tuple[float, bool]]:
+def score_packed(engine, packed: Packed, device, plans: list[SkipPlan] | None = None, repeats: int | None = None):
     """(sum of log-probabilities, every token the argmax) per option, as HFLM computes them
     (log-softmax in the model's dtype), each packed row under its own plan; only the scored positions
-    go through the final norm and the head."""
-    hidden = engine.forward(packed.input_ids.to(device), packed.attention_mask.to(device), plans,
-                            position_ids=packed.position_ids.to(device))
-    rows = torch.tensor([row for row, positions, _ in packed.options for _ in positions], device=device)
-    columns = torch.tensor([p for _, positions, _ in packed.options for p in positions], device=device)
+    go through the final norm and the head. With `repeats`, every packed row is scored under `repeats`
+    plans (`plans[row * repeats + i]`): the layers below the lowest one any plan touches run once per
+    row, then the rows fan out; returns one list per plan index i, each of the packed rows' options."""
+    ids, mask, positions = (packed.input_ids.to(device), packed.attention_mask.to(device),
+                            packed.position_ids.to(device))
+    if repeats is None:
+        hidden = engine.forward(ids, mask, plans, position_ids=positions)
+        return _option_scores(engine, hidden, packed.options)
+    at = min((min(p.touched) for p in plans if not p.is_empty()), default=engine.n_layers)
+    shared = engine.forward(ids, mask, None, position_ids=positions, stop=at)
+    rep = (lambda t: t.repeat_interleave(repeats, 0))
+    hidden = engine.forward(rep(ids), rep(mask), plans, position_ids=rep(positions), start=at, hidden=rep(shared))
+    out = []
+    for i in range(repeats):
+        scores = _option_scores(engine, hidden[i::repeats], packed.options)
+        per_row, k = [], 0
+        for row in range(len(packed.input_ids)):
+            count = sum(1 for r, _, _ in packed.options if r == row)
+            per_row.append(scores[k:k + count])
+            k += count
+        out.append(per_row)
+    return out
+
+
+def _option_scores(engine, hidden: torch.Tensor, options) -> list[tuple[float, bool]]:
+    device = hidden.device
+    rows = torch.tensor([row for row, positions, _ in options for _ in positions], device=device)
+    columns = torch.tensor([p for _, positions, _ in options for p in positions], device=device)
     logprobs = torch.log_softmax(engine.head(hidden[rows, columns]), dim=-1)
     out, start = [], 0
-    for _, _, continuation in packed.options:
+    for _, _, continuation in options:
         part = logprobs[start:start + len(continuation)]
         start += len(continuation)
         target = torch.tensor(continuation, device=part.device)
         out.append((float(part[torch.arange(len(continuation), device=part.device), target].sum()),
                     bool((part.argmax(-1) == target).all())))
     return out
+
+
+class SharedScores:
+    """Packed questions scored under every condition at once: the layers below the lowest layer any
+    condition's plan touches run once per question, then each question fans out into one row per
+    condition (`score_packed`). The first condition's harness run computes them all; the others read
+    them back (the harness hands each run the same requests)."""
+
+    def __init__(self, engine, choosers: dict[str, PlanChooser]):
+        self.engine, self.choosers = engine, choosers
+        self.kept: dict[tuple, tuple[float, bool]] = {}
+
+    def scores(self, condition: str, contexts: list[str], questions: list[tuple[list[int], list[list[int]]]],
+               pad: int) -> list[tuple[float, bool]]:
+        keys = [(tuple(ctx), tuple(tuple(o) for o in options)) for ctx, options in questions]
+        if any((condition, k) not in self.kept for k in keys):
+            names = list(self.choosers)
+            plans = {name: list(self.choosers[name](contexts)) for name in names}
+            fanned = [plans[name][r] for r in range(len(questions)) for name in names]
+            values = score_packed(self.engine, pack_options(questions, pad), self.engine.device, fanned, len(names))
+            for name_index, name in enumerate(names):
+                for r, key in enumerate(keys):
+                    self.kept[(name, key)] = values[name_index][r]
+        return [v for k in keys for v in self.kept[(condition, k)]]
 
 
 # ---------------------------------------------------------------- the skip conditions
@@ -382,9 +436,10 @@ def evaluate(model, tokenizer, data_dir: Path | str, names: Sequence[str], condi
         # One harness run per condition, all benchmarks together: the harness hands every request of
         # the run to one loglikelihood call, and each run costs ~1 s of its own bookkeeping.
         results = {}
+        shared = SharedScores(Engine(model), conditions)  # the first run scores every condition at once
         for condition, chooser in tqdm(conditions.items(), desc="multiple choice", unit="condition",
                                        disable=not progress):
-            lm = SkipLM(model, tokenizer, chooser, batch_size=batch_size)
+            lm = SkipLM(model, tokenizer, chooser, batch_size=batch_size, shared=shared, condition=condition)
             results[condition] = run_harness(lm, manager, [tasks[name] for name in names], seed)
     for condition in conditions:  # after every run: a question's routed category is known once any condition routed it
         for name in names:

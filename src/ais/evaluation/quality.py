@@ -49,16 +49,40 @@ class Reference:
         drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
         batch = {k: v[rows][:, drop:] for k, v in self.batch.items()}
         columns = slice(self.columns.start - drop, self.columns.stop - drop)
-        return Reference(batch, columns, self.full_logprobs[rows], self.scored[rows], self.engine, self.protocol)
+        out = Reference(batch, columns, self.full_logprobs[rows], self.scored[rows], self.engine, self.protocol)
+        out.parent, out.parent_rows = getattr(self, "parent", None) or self, [
+            getattr(self, "parent_rows", list(range(len(self))))[r] for r in rows]
+        return out
+
+    def score_rows(self, plans_per_row: list[list[SkipPlan]]) -> list[list[dict]]:
+        """{top1, kl} of each row under each of its own plans (every row the same number), all in one
+        shared pass: for searches that advance on several prompts at once."""
+        count = len(plans_per_row[0])
+        found = score_conditions(self.engine, self, {c: [row[c] for row in plans_per_row] for c in range(count)},
+                                 self.protocol)
+        return [[{k: float(found[c][k][r]) for k in ("top1", "kl")} for c in range(count)]
+                for r in range(len(plans_per_row))]
+
+    def restricted(self, part: str) -> "Reference":
+        """The same reference scored on one half of its positions only (`early` | `late`)."""
+        return Reference(self.batch, self.columns, self.full_logprobs, halves(self.scored)[part], self.engine,
+                         self.protocol)
+
+    @staticmethod
+    def join(references: list["Reference"]) -> "Reference | None":
+        """The rows of several one-row views of one reference as one reference (None where they come
+        from different references)."""
+        parents = {id(getattr(r, "parent", None)) for r in references}
+        if len(parents) != 1 or getattr(references[0], "parent", None) is None:
+            return None
+        return references[0].parent.rows([row for r in references for row in r.parent_rows])
 
     def score(self, plans: list[SkipPlan]) -> list[dict]:
         """Mean top-1 agreement and KL over this reference's rows of each plan (every row under each
-        plan in turn, by `protocol`), for searches that rank plans."""
-        out = []
-        for plan in plans:
-            metrics = score(self.engine, self, [plan] * len(self), self.protocol)
-            out.append({k: float(v.mean()) for k, v in metrics.items()})
-        return out
+        plan, by `protocol`, all plans in one shared pass), for searches that rank plans."""
+        found = score_conditions(self.engine, self, {i: [plan] * len(self) for i, plan in enumerate(plans)},
+                                 self.protocol)
+        return [{k: float(v.mean()) for k, v in found[i].items()} for i in range(len(plans))]
 
 
 @torch.inference_mode()
@@ -94,26 +118,49 @@ def _logprobs(engine: Engine, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def forced_logprobs(engine: Engine, ref: Reference, plans) -> torch.Tensor:
-    """Log-probabilities at the reference's columns, prompt and continuation in one forward under each
-    row's plan; only the scored positions go through the head."""
+def forced_states(engine: Engine, ref: Reference, plans) -> torch.Tensor:
+    """The last layer's states at the reference's columns, prompt and continuation in one forward under
+    each row's plan."""
     hidden = engine.forward(ref.batch["input_ids"], ref.batch["attention_mask"], plans)
-    return _logprobs(engine, hidden[:, ref.columns])
+    return hidden[:, ref.columns]
 
 
 @torch.inference_mode()
+def decode_states(engine: Engine, ref: Reference, plans) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The last layer's states with each row's plan applied to the generated tokens only: (the prompt's
+    last position after its prefill through every layer, B x 1 x d; the continuation's, run in one
+    cached forward under the plans, or None where only the first token is scored)."""
+    start, stop = ref.columns.start, ref.columns.stop
+    flight = engine.start(ref.batch["attention_mask"][:, :start + 1])
+    x, ctx = flight.feed(ref.batch["input_ids"][:, :start + 1])
+    first = flight.run(x, ctx)[:, -1:]
+    flight.set_plans(plans)
+    if stop - start == 1:
+        return first, None
+    return first, flight.step(ref.batch["input_ids"][:, start + 1:stop], logits=False)
+
+
+def logprobs_of(engine: Engine, states, protocol: str) -> torch.Tensor:
+    """Log-probabilities (float32) from last-layer states: forced (B x n x d), or decode ((first, rest)),
+    whose first column is the prefill's, as `logits_to_keep=1` computes it."""
+    if protocol == "forced":
+        return _logprobs(engine, states)
+    first, rest = states
+    first = torch.log_softmax(engine.last_logits(first).float(), -1)[:, None]
+    return first if rest is None else torch.cat([first, _logprobs(engine, rest)], 1)
+
+
+def forced_logprobs(engine: Engine, ref: Reference, plans) -> torch.Tensor:
+    """Log-probabilities at the reference's columns, prompt and continuation in one forward under each
+    row's plan; only the scored positions go through the head."""
+    return logprobs_of(engine, forced_states(engine, ref, plans), "forced")
+
+
 def decode_logprobs(engine: Engine, ref: Reference, plans) -> torch.Tensor:
     """Log-probabilities at the reference's columns with each row's plan applied to the generated
     tokens only: the prompt's prefill runs every layer (filling the cache; it predicts the first
     token), then the continuation runs in one cached forward under the plans."""
-    start, stop = ref.columns.start, ref.columns.stop
-    prompt = {k: v[:, :start + 1] for k, v in ref.batch.items()}
-    flight, first = prefill(engine, prompt, None, plans)
-    first = torch.log_softmax(first.float(), -1)[:, None]
-    if stop - start == 1:
-        return first
-    hidden = flight.step(ref.batch["input_ids"][:, start + 1:stop], logits=False)
-    return torch.cat([first, _logprobs(engine, hidden)], 1)
+    return logprobs_of(engine, decode_states(engine, ref, plans), "decode")
 
 
 @torch.inference_mode()
@@ -132,33 +179,129 @@ def decode_gated(engine: Engine, ref: Reference, gate) -> tuple[torch.Tensor, to
     return torch.log_softmax(torch.stack(logits, 1), -1), torch.stack(depths, 1)
 
 
-def compare_logprobs(full: torch.Tensor, logprobs: torch.Tensor, scored: torch.Tensor) -> dict:
+@torch.inference_mode()
+def score_gates(engine: Engine, ref: Reference, gates: dict, split: bool = False) -> dict[str, tuple[dict[str, np.ndarray], torch.Tensor]]:
+    """{gate name: (per-row KL / top-1 / top-5, layers run per column B x n)} of several per-token gates
+    on one reference, in one stepwise pass: the prompt's prefill runs once through every layer, then
+    every row fans out into one row per gate and each later column is one gated step (as
+    `decode_gated`, every gate at once)."""
+    names = list(gates)
+    n, g = len(ref), len(names)
+    start, stop = ref.columns.start, ref.columns.stop
+    flight, first = prefill(engine, {k: v[:, :start + 1] for k, v in ref.batch.items()})
+    flight.repeat_rows(g)
+    per_row = [gates[name] for _ in range(n) for name in names]
+    members = torch.arange(n * g, device=first.device) // g
+    logits = [first.float()[members]]
+    depths = [torch.full((n * g,), engine.n_layers, device=first.device)]
+    for column in range(start + 1, stop):
+        step = flight.step(ref.batch["input_ids"][:, column:column + 1].repeat_interleave(g, 0), gate=per_row)
+        logits.append(step.float())
+        depths.append(flight.depth)
+    logprobs, depth = torch.log_softmax(torch.stack(logits, 1), -1), torch.stack(depths, 1)
+    out = {}
+    for c, name in enumerate(names):
+        rows = torch.arange(c, n * g, g, device=first.device)
+        scores = compare_logprobs(ref.full_logprobs, logprobs[rows], ref.scored, split)
+        out[name] = ({k: v.cpu().numpy() for k, v in scores.items()}, depth[rows])
+    return out
+
+
+def halves(scored: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The scored positions split at the middle column: `early` (the first half of the continuation's
+    columns) and `late` (the rest), for searching on one and scoring on the other."""
+    middle = scored.shape[1] // 2
+    columns = torch.arange(scored.shape[1], device=scored.device)
+    return {"early": scored * (columns < middle), "late": scored * (columns >= middle)}
+
+
+def compare_logprobs(full: torch.Tensor, logprobs: torch.Tensor, scored: torch.Tensor, split: bool = False) -> dict:
     """Per-prompt mean over the scored positions of KL(full || other), top-1 agreement and top-5
-    overlap between two B x positions x vocab log-probability tensors."""
+    overlap between two B x positions x vocab log-probability tensors; with `split`, the same over the
+    early and late halves of the positions too (`top1_late`, ...; NaN for a row with none scored)."""
     kl = (full.exp() * (full - logprobs)).sum(-1).clamp_min(0)
     top1 = (full.argmax(-1) == logprobs.argmax(-1)).float()
     top5_full, top5_skip = full.topk(5, -1).indices, logprobs.topk(5, -1).indices
     overlap = (top5_full.unsqueeze(-1) == top5_skip.unsqueeze(-2)).any(-1).float().mean(-1)
-    weights = scored / scored.sum(1, keepdim=True).clamp_min(1e-12)
-    return {"kl": (kl * weights).sum(1), "top1": (top1 * weights).sum(1), "top5": (overlap * weights).sum(1)}
+    masks = {"": scored, **({f"_{k}": v for k, v in halves(scored).items()} if split else {})}
+    out = {}
+    for suffix, mask in masks.items():
+        total = mask.sum(1, keepdim=True)
+        weights = mask / total.clamp_min(1e-12)
+        none = total[:, 0] == 0
+        for name, values in (("kl", kl), ("top1", top1), ("top5", overlap)):
+            mean = (values * weights).sum(1)
+            out[name + suffix] = mean if not suffix else torch.where(none, torch.full_like(mean, float("nan")), mean)
+    return out
+
+
+def first_changed_layer(plans: list[SkipPlan], n_layers: int) -> int:
+    """The lowest layer any of the plans touches (n_layers when none touches any)."""
+    return min((min(p.touched) for p in plans if not p.is_empty()), default=n_layers)
+
+
+@torch.inference_mode()
+def _fanned_states(engine: Engine, ref: Reference, plans: list[SkipPlan], repeats: int, protocol: str):
+    """The last layer's states at the reference's scored columns for every (row, plan) pair: row r's
+    i-th copy under plans[r * repeats + i]. What no plan changes (the layers below the lowest layer
+    any plan touches; for `decode`, the prompt's prefill too) runs once per row, then the rows fan out.
+    Returns (states of the computed columns, the first column's log-probabilities from the prefill
+    for `decode`, else None)."""
+    at = first_changed_layer(plans, engine.n_layers)
+    ids, mask = ref.batch["input_ids"], ref.batch["attention_mask"]
+    if protocol == "forced":
+        x = engine.embed(ids)
+        ctx = engine.context(x, mask)
+        shared = engine.run(x, ctx, 0, at)
+        fanned = engine.run(shared.repeat_interleave(repeats, 0), ctx.repeated(repeats, None), at, None,
+                            engine.plans(plans, len(plans)))
+        return fanned[:, ref.columns], None
+    if protocol != "decode":
+        raise ValueError(f"protocol={protocol!r} must be 'forced' or 'decode'")
+    start, stop = ref.columns.start, ref.columns.stop
+    flight, first = prefill(engine, {k: v[:, :start + 1] for k, v in ref.batch.items()})
+    first = torch.log_softmax(first.float(), -1)
+    if stop - start == 1:
+        return None, first
+    x, ctx = flight.feed(ids[:, start + 1:stop])
+    shared = flight.run(x, ctx, 0, at)
+    fanned, ctx = flight.fan_out(repeats, shared, ctx, at, plans)
+    return flight.run(fanned, ctx, at), first
+
+
+def score_conditions(engine: Engine, ref: Reference, conditions: dict[str, list[SkipPlan]], protocol: str = "forced",
+                     max_rows: int = 256, head_rows: int = 32, split: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """{condition: per-row KL / top-1 / top-5} for several conditions on one reference, each row under
+    its condition's plan for it, by `protocol` (forced | decode). The conditions share one pass:
+    what none of them changes runs once, then every row fans out into one row per condition (at most
+    `max_rows` rows at a time); the head runs `head_rows` rows at a time."""
+    names, n = list(conditions), len(ref)
+    out = {name: {} for name in names}
+    per = max(1, max_rows // max(1, n))
+    for at in range(0, len(names), per):
+        group = names[at:at + per]
+        plans = [conditions[name][r] for r in range(n) for name in group]
+        states, first = _fanned_states(engine, ref, plans, len(group), protocol)
+        rows = n * len(group)
+        metrics = {}
+        for lo in range(0, rows, head_rows):
+            hi = min(rows, lo + head_rows)
+            members = torch.arange(lo, hi) // len(group)   # the reference row of each fanned row
+            parts = [] if first is None else [first[members][:, None]]
+            if states is not None:
+                parts.append(_logprobs(engine, states[lo:hi]))
+            scores = compare_logprobs(ref.full_logprobs[members], torch.cat(parts, 1), ref.scored[members], split)
+            for key, values in scores.items():
+                metrics.setdefault(key, np.zeros(rows))[lo:hi] = values.cpu().numpy()
+        for c, name in enumerate(group):
+            out[name] = {key: values[c::len(group)] for key, values in metrics.items()}
+    return out
 
 
 def score(engine: Engine, ref: Reference, plans: list[SkipPlan], protocol: str = "forced") -> dict[str, np.ndarray]:
     """Per-row KL / top-1 / top-5 of each row under its own plan (one pass, rows mixed), by `protocol`
     (forced | decode)."""
-    if protocol == "forced":
-        logprobs = forced_logprobs(engine, ref, plans)
-    elif protocol == "decode":
-        logprobs = decode_logprobs(engine, ref, plans)
-    else:
-        raise ValueError(f"protocol={protocol!r} must be 'forced' or 'decode'")
-    return {k: v.cpu().numpy() for k, v in compare_logprobs(ref.full_logprobs, logprobs, ref.scored).items()}
-
-
-def score_conditions(engine: Engine, ref: Reference, conditions: dict[str, list[SkipPlan]],
-                     protocol: str = "forced") -> dict[str, dict[str, np.ndarray]]:
-    """{condition: per-row metrics} for several conditions on one reference (each condition's rows in one pass)."""
-    return {name: score(engine, ref, plans, protocol) for name, plans in conditions.items()}
+    return score_conditions(engine, ref, {"plans": plans}, protocol)["plans"]
 
 
 __all__ = ["METRICS", "NO_SKIP", "Reference", "compare_logprobs", "decode_gated", "decode_logprobs", "eos_mask",

@@ -110,21 +110,43 @@ def generation_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: li
     return rows
 
 
+def _same_tokens(a: torch.Tensor, b: torch.Tensor, stop: set[int]) -> bool:
+    """Whether two greedy continuations agree up to and including the first stop token (a batch
+    pads finished rows; a request alone stops)."""
+    def cut(t):
+        out = []
+        for x in t.tolist():
+            out.append(x)
+            if x in stop:
+                break
+        return out
+    return cut(a) == cut(b)
+
+
 @torch.inference_mode()
-def mixed_batch_exactness(decoder, tokenizer, prompts: list[str], batch_sizes: list[int], new_tokens: int) -> dict:
-    """Per batch size and plan (routed, prompt): the share of rows of a mixed batch whose greedy tokens
-    equal the same request's generated alone, and the first rows that differ."""
-    out = {}
+def mixed_batch_exactness(decoder, tokenizer, prompts: list[str], size: int, new_tokens: int) -> dict:
+    """For a mixed batch of `size` rows: the share of rows whose greedy tokens equal the same request's
+    generated alone, for the routed and the prompt plan, and, as the yardstick of what batching alone
+    does in this dtype, the same share for transformers' own `generate` of the full model."""
     device = decoder.engine.device
+    stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
+    chosen = [prompts[i % len(prompts)] for i in range(size)]
+    batch = encode_prompts(tokenizer, chosen, device, context_length(decoder.model) - new_tokens)
+    alone = [encode_prompts(tokenizer, [p], device) for p in chosen]
+    width = batch["input_ids"].shape[1]
+
+    def hf(b):
+        out = decoder.model.generate(**b, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+        return out[:, b["input_ids"].shape[1]:]
+
+    runs = {"generate": (lambda: hf(batch), lambda b: hf(b)[0])}
     for name, d in (("routed", decoder), ("prompt", decoder.with_plan("prompt"))):
-        for size in batch_sizes:
-            chosen = [prompts[i % len(prompts)] for i in range(size)]
-            batch = encode_prompts(tokenizer, chosen, device, context_length(decoder.model) - new_tokens)
-            together, _, _ = d.generate(batch, new_tokens)
-            same = []
-            for j, prompt in enumerate(chosen):
-                alone, _, _ = d.generate(encode_prompts(tokenizer, [prompt], device), new_tokens)
-                same.append(bool(torch.equal(together[j], alone[0])))
-            out[f"{name}@B{size}"] = {"rows": size, "identical_share": round(float(np.mean(same)), 4),
-                                      "differing_rows": [j for j, s in enumerate(same) if not s]}
+        runs[name] = ((lambda d=d: d.generate(batch, new_tokens)[0]), (lambda b, d=d: d.generate(b, new_tokens)[0][0]))
+    out = {}
+    for name, (together_of, alone_of) in runs.items():
+        together = together_of()
+        same = [_same_tokens(together[j], alone_of(b), stop) for j, b in enumerate(alone)]
+        out[name] = {"rows": size, "identical_share": round(float(np.mean(same)), 4),
+                     "differing_rows": [j for j, s in enumerate(same) if not s], "width": int(width)}
     return out

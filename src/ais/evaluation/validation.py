@@ -35,7 +35,7 @@ def conditions(decoder, methods: dict, requests: list, routed: list) -> dict[str
 
 
 def score_split(decoder, tokenizer, prompts_by_category: dict[str, list[str]], methods: dict, n_continuation: int,
-                split: str, progress: bool = True) -> list[dict]:
+                split: str, progress: bool = True, references=None) -> list[dict]:
     """One row per prompt: where it was routed, how many positions were scored, and every
     condition's KL / top-1 / top-5."""
     engine = decoder.engine
@@ -43,8 +43,11 @@ def score_split(decoder, tokenizer, prompts_by_category: dict[str, list[str]], m
     for category in tqdm(sorted(prompts_by_category), desc=f"validate {split}", unit="category", disable=not progress):
         prompts = prompts_by_category[category]
         routes = decoder.route_prompts(tokenizer, prompts)
-        ref = make_reference(engine, tokenizer, prompts, n_continuation)
-        ref.protocol = "forced"
+        if references is not None:  # computed once by the reference stage, in these very batches
+            ref = references.get(f"validate/{split}/{category}", prompts, "forced")
+        else:
+            ref = make_reference(engine, tokenizer, prompts, n_continuation)
+            ref.protocol = "forced"
         requests = decoder.requests(routes, prompts, truth=[category] * len(prompts),
                                     references=[ref.rows([i]) for i in range(len(prompts))])
         scores = score_conditions(engine, ref, conditions(decoder, methods, requests, [r.plan for r in routes]))
@@ -106,19 +109,21 @@ def summarise_split(rows: list[dict], names: list[str], mode: str, n_layers: int
 
 def validate(decoder, tokenizer, prompts_by_split: dict[str, dict[str, list[str]]], method_names: list[str],
              n_continuation: int, seed: int, calibration_prompts: dict[str, list[str]] | None = None,
-             progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
+             progress: bool = True, references=None) -> tuple[dict, list[dict], list[dict]]:
     """(metrics, per-category rows, per-prompt rows) for each split in `prompts_by_split`, with the
-    methods `method_names` beside the routed plan (calibrated on `calibration_prompts` where they ask)."""
+    methods `method_names` beside the routed plan (calibrated on `calibration_prompts` where they ask);
+    the full model's references from `references` (the reference stage's) where given."""
     mode = decoder.settings.mode
     decoder.setup.seed = seed  # the random control's draws
-    methods = calibrated(decoder, tokenizer, method_names, calibration_prompts, n_continuation, "forced")
+    methods = calibrated(decoder, tokenizer, method_names, calibration_prompts, n_continuation, "forced",
+                         references=references)
     names = ["routed", *methods, f"routed_{OTHER_MODE[mode]}"]
     metrics = {"mode": mode, "plan": decoder.settings.plan, "methods": list(methods),
                "pass_criterion": f"top-1 agreement >= {PASS_TOP1}"}
     per_category: dict[str, dict] = {}
     per_prompt = []
     for split, by_category in prompts_by_split.items():
-        rows = score_split(decoder, tokenizer, by_category, methods, n_continuation, split, progress)
+        rows = score_split(decoder, tokenizer, by_category, methods, n_continuation, split, progress, references)
         metrics[split], categories = summarise_split(rows, names, mode, decoder.engine.n_layers, seed)
         for row in categories:  # one row per category, each split's columns prefixed with its name
             per_category.setdefault(row["category"], {"category": row["category"]}).update(

@@ -28,6 +28,8 @@ class Setup:
     seed: int = 0
     importance_path: Path | None = None
     params: dict = field(default_factory=dict)   # params.yaml, for methods with settings of their own
+    root: Path = Path(".")                       # where the pipeline's artifacts are (data/...)
+    k: int = 10                                  # the router's neighbours (`router.k`)
     _importance: dict | None = field(default=None, repr=False)
 
     def param(self, dotted: str, default=None):
@@ -69,6 +71,15 @@ class Setup:
     @staticmethod
     def plan_of(layers, budget: Budget) -> SkipPlan:
         return make_plan(sorted(layers), budget.mode, budget.alpha)
+
+    def artifact(self, relative: str) -> Path:
+        """A pipeline artifact's path (a method's own data, e.g. data/plan_map)."""
+        return Path(self.root) / relative
+
+    def count(self) -> int:
+        """The layer count of the params' budget rule (`skip.fraction` of the layers)."""
+        from ais.routing.budget import n_layers_to_skip
+        return n_layers_to_skip(self.settings.fraction, self.n_layers)
 
     def importance_data(self) -> dict:
         """The importance stage's whole output (data/importance.npz), read once."""

@@ -246,8 +246,9 @@ class Cache:
             if self.rows[i] is not None:
                 held = self.rows[i]
                 self.rows[i] = (held[:, None] * repeats + torch.arange(repeats, device=held.device)).flatten()
-                self.keys[i] = self.keys[i].repeat_interleave(repeats, 0)
-                self.values[i] = self.values[i].repeat_interleave(repeats, 0)
+                if self.keys[i] is not None:
+                    self.keys[i] = self.keys[i].repeat_interleave(repeats, 0)
+                    self.values[i] = self.values[i].repeat_interleave(repeats, 0)
         self.batch_size *= repeats
 
 
@@ -317,11 +318,25 @@ class _Timed:
 
 @dataclass
 class GateState:
-    """The per-token gate's state during one forward of one new position per row."""
+    """The per-token gates' state during one forward of one new position per row: each row's gate (one
+    gate for every row, or one per row: several gates scored in one pass), whether it has exited, and
+    the layers it ran."""
 
-    gate: object
+    thresholds: torch.Tensor     # B
+    min_layers: torch.Tensor     # B
+    skippable: torch.Tensor      # B x L: whether an exited row skips the layer
     exited: torch.Tensor
     depth: torch.Tensor
+
+    @classmethod
+    def of(cls, gates, rows: int, n_layers: int, device) -> "GateState":
+        gates = list(gates) if isinstance(gates, (list, tuple)) else [gates] * rows
+        if len(gates) != rows:
+            raise EngineError(f"{len(gates)} gates for {rows} rows: give one gate, or one per row")
+        return cls(torch.tensor([g.threshold for g in gates], dtype=torch.float64, device=device),
+                   torch.tensor([g.min_layer for g in gates], device=device),
+                   torch.tensor([[g.skippable(i) for i in range(n_layers)] for g in gates], device=device),
+                   torch.zeros(rows, dtype=torch.bool, device=device), torch.zeros(rows, dtype=torch.long, device=device))
 
 
 # ---------------------------------------------------------------- one forward's context
@@ -357,6 +372,12 @@ class Context:
                                                    attention_mask=padding, past_key_values=_MaskSizes(past),
                                                    position_ids=self.position_ids)
         return self._masks[past]
+
+    def repeated(self, repeats: int, cache: Cache | None) -> "Context":
+        """The same forward for a batch whose every row became `repeats` consecutive rows."""
+        rep = (lambda t: t if t is None or t.shape[0] == 1 else t.repeat_interleave(repeats, 0))
+        return Context(self.engine, self.q, rep(self.position_ids), (rep(self.rope[0]), rep(self.rope[1])),
+                       rep(self.padding), rep(self.mask4d), rep(self.token_mask), cache, self.rollback)
 
     def rows_of(self, rows: torch.Tensor | None):
         """(position ids, rotary cos and sin) of some rows."""
@@ -574,16 +595,17 @@ class Engine:
     def _gated(self, i: int, plans: RowPlans | None, gate: GateState, device) -> LayerRows:
         codes = list(plans.codes[i]) if plans is not None else [RUN] * len(gate.exited)
         alphas = list(plans.alphas[i]) if plans is not None else [1.0] * len(gate.exited)
-        if gate.gate.skippable(i):
-            for r in torch.nonzero(gate.exited).flatten().tolist():
-                if codes[r] == RUN:
-                    codes[r] = FILL
+        for r in torch.nonzero(gate.exited & gate.skippable[:, i]).flatten().tolist():
+            if codes[r] == RUN:
+                codes[r] = FILL
         gate.depth += torch.tensor([c in (RUN, SKIP_MLP, SKIP_ATTENTION) for c in codes], device=device)
         return layer_rows(codes, alphas, device)
 
     def _gate_after(self, i: int, before: torch.Tensor, after: torch.Tensor, rows: LayerRows, gate: GateState) -> None:
-        g = gate.gate
-        if i + 1 < g.min_layer or i + 1 >= self.n_layers:
+        if i + 1 >= self.n_layers:
+            return
+        checking = gate.min_layers <= i + 1
+        if not bool(checking.any()):
             return
         precision = torch.promote_types(before.dtype, torch.float32)
         similarity = torch.cosine_similarity(before[:, -1].to(precision), after[:, -1].to(precision), dim=-1)
@@ -591,7 +613,7 @@ class Engine:
         if not rows.whole and rows.ran is not None:
             running = torch.zeros_like(gate.exited)
             running[rows.ran] = True
-        gate.exited |= running & (similarity >= g.threshold)
+        gate.exited |= running & checking & (similarity >= gate.thresholds.to(similarity.dtype))
 
     def _record(self, i: int, before, after, rows: LayerRows | None, ctx: Context, record: Record) -> None:
         if record.states:
@@ -682,8 +704,7 @@ class Batch:
         if gate is not None:
             if ctx.q != 1:
                 raise EngineError("the per-token gate decides one new position per row at a time")
-            state = GateState(gate, torch.zeros(self.rows, dtype=torch.bool, device=hidden.device),
-                              torch.zeros(self.rows, dtype=torch.long, device=hidden.device))
+            state = GateState.of(gate, self.rows, self.engine.n_layers, hidden.device)
         out = self.engine.run(hidden, ctx, start, stop, plans, state, record, clock)
         if state is not None:
             self.depth = state.depth
@@ -719,6 +740,20 @@ class Batch:
         if self.plans is not None:
             self.plans = RowPlans([p for p in self.plans.plans for _ in range(repeats)], self.engine.n_layers,
                                   self.engine.device)
+
+    def fan_out(self, repeats: int, hidden: torch.Tensor, ctx: Context, at: int,
+                plans: list[SkipPlan]) -> tuple[torch.Tensor, Context]:
+        """Score several plans after one shared computation: the fed positions have run layers 0..at-1
+        (which no plan touches), and every row now becomes `repeats` rows, the i-th copy of row r
+        running `plans[r * repeats + i]` from layer `at` on. Layers below `at` are dropped from the
+        cache (the fanned-out batch cannot feed more positions). Returns (the repeated states, their
+        context)."""
+        for i in range(at):
+            self.cache.keys[i] = self.cache.values[i] = None
+            self.cache.rows[i] = torch.zeros(0, dtype=torch.long, device=hidden.device)
+        self.repeat_rows(repeats)
+        self.set_plans(plans)
+        return hidden.repeat_interleave(repeats, 0), ctx.repeated(repeats, self.cache)
 
     def truncate(self, length: int, from_layer: int = 0) -> None:
         """Roll back every layer from `from_layer` on to its first `length` positions (speculative

@@ -254,8 +254,12 @@ def throughput_section(throughput: dict) -> list[str]:
                     "routed / global", "ideal", "router / full", "padding"], pre), "",
             _table(["generation", "categories", "full tok/s", "routed tok/s", "global tok/s", "prompt tok/s",
                     "routed / global", "prompt / global", "ideal"], gen), "",
-            "A row of a mixed batch against the same request alone (greedy tokens): "
-            + ", ".join(f"{k} {v['identical_share']:.0%} identical" for k, v in exact.items()) + ".", ""]
+            "A row of a mixed batch against the same request alone (greedy tokens, batch of "
+            f"{next(iter(next(iter(exact.values())).values()))['rows']}): "
+            + "; ".join(f"{dtype}: " + ", ".join(f"{k} {v['identical_share']:.0%}" for k, v in e.items())
+                        for dtype, e in exact.items())
+            + ". `generate` is transformers' own, full model: what batching alone does to the rows in that dtype "
+            "(bfloat16 rounds differently at another row count or padding; float32 is where identity is claimed).", ""]
 
 
 def _speedup_words(v: dict, against: str) -> str:
@@ -281,14 +285,33 @@ def lossless_section(lossless: dict) -> list[str]:
            f"The system runs in {sys_dtype} (`lossless.dtype`).", "",
            f"**The chosen-drafter system: {_speedup_words(system['vs_generate_bf16'], 'bfloat16 `generate`')}"
            + ("" if sys_dtype == "bfloat16" else
-              f"; {_speedup_words(system['vs_generate_same_dtype'], f'{sys_dtype} `generate`')}") + ".**", ""]
+              f"; {_speedup_words(system['vs_generate_same_dtype'], f'{sys_dtype} `generate`')}")
+           + (f"; {_speedup_words(system['vs_prompt_lookup'], 'transformers prompt lookup')}"
+              if "vs_prompt_lookup" in system else "") + ".**", ""]
+    suffix = decoders.get(sys_dtype, {}).get("suffix")
+    if suffix and "vs_prompt_lookup" in suffix:
+        out += [f"The suffix drafter (the longest suffix of the context found in the context or in the full model's "
+                f"replies to similar map prompts, their nearest first): "
+                f"{_speedup_words(suffix['vs_prompt_lookup'], 'transformers prompt lookup')}, "
+                f"{_speedup_words(suffix['vs_generate_bf16'], 'bfloat16 `generate`')}; {suffix['mean_accepted']} tokens "
+                f"accepted of {suffix['drafted_per_step']} drafted per step. Prompt lookup runs at its fastest "
+                f"`prompt_lookup_num_tokens` on the calibration prompts, {lossless.get('lookup')} (tokens/s per "
+                f"setting: {lossless.get('lookup_sweep_tok_per_s')}).", ""]
+    for split, named in (lossless.get("by_split") or {}).items():
+        cells = [f"{name} x{v['vs_generate_bf16']['speedup']} [{v['vs_generate_bf16']['speedup_ci_low']}, "
+                 f"{v['vs_generate_bf16']['speedup_ci_high']}]" for name, v in named.items()
+                 if "vs_generate_bf16" in v and name in ("generate_prompt_lookup", "prompt_lookup", "suffix", "system")]
+        out += [f"- {SPLIT_NAMES.get(split, split)} ({lossless['test_splits'][split]} prompts), against bfloat16 "
+                f"`generate`: " + ", ".join(cells) + "."]
+    out += [""]
     rows = []
     for dtype, named in decoders.items():
         for name, v in named.items():
-            b, same = v.get("vs_generate_bf16", {}), v["vs_generate_same_dtype"]
+            b, same, pl = v.get("vs_generate_bf16", {}), v["vs_generate_same_dtype"], v.get("vs_prompt_lookup")
             rows.append([dtype, name, v["tok_per_s"], b.get("speedup"),
                          f"[{b.get('speedup_ci_low', b.get('per_prompt_speedup_ci_low'))}, "
                          f"{b.get('speedup_ci_high', b.get('per_prompt_speedup_ci_high'))}]",
+                         f"{pl['speedup']} [{pl['speedup_ci_low']}, {pl['speedup_ci_high']}]" if pl else "",
                          same["speedup"], v["identical_to_generate"], v.get("mean_accepted", ""),
                          v.get("draft_ms_per_token", ""), v.get("verify_ms_per_step", "")])
     out += ["Every decoder, all test prompts pooled (speedups: pooled tokens/s ratio, 95% paired bootstrap interval "
@@ -296,7 +319,8 @@ def lossless_section(lossless: dict) -> list[str]:
             "its adaptive threshold or without reusing the layers below the lowest skipped one; `system` decodes each "
             "prompt with its routed category's drafter, the routing taken from the prefill's first layers (they are "
             "the router's layers), so it costs only the map lookup.", "",
-            _table(["dtype", "decoder", "tok/s", "vs bf16 generate", "95% interval", "vs same-dtype generate",
+            _table(["dtype", "decoder", "tok/s", "vs bf16 generate", "95% interval", "vs prompt lookup [95%]",
+                    "vs same-dtype generate",
                     "identical to generate", "accepted/step", "draft ms/token", "verify ms/step"], rows), ""]
     cost = [[dtype, name, c["c"], c["alpha"], c["drafted_per_step"], c.get("verify_cost", ""), c["predicted_leviathan"],
              c["predicted_measured_cost"], v["vs_generate_same_dtype"]["speedup"], c.get("c_to_break_even", ""),
@@ -380,6 +404,10 @@ LADDER_WORDS = {("category", "global"): "category over global", ("neighbours", "
                 ("prompt", "neighbours"): "prompt over neighbours", ("prompt", "category"): "prompt over category",
                 ("dynamic", "prompt"): "token (dynamic) over prompt",
                 ("prompt_oracle", "prompt"): "ceiling: per-prompt oracle over prompt",
+                ("prompt_oracle_oos", "global"): "ceiling, out of sample: the oracle searched on the early half over global",
+                ("prompt_oracle", "prompt_oracle_oos"): "fitting: the in-sample oracle over the out-of-sample one",
+                ("plan_map", "global"): "plan map (k-NN) over global", ("plan_map", "category"): "plan map over category",
+                ("plan_map_learned", "global"): "plan map (learned router) over global",
                 ("neighbours", "category_scores"): "control: neighbours over the category's mean of the same scores",
                 ("category_scores", "category"): "control: the category's mean scores over its importance"}
 
@@ -392,6 +420,8 @@ def ladder_section(gaps: list[dict]) -> list[str]:
         label = LADDER_WORDS.get(pair, f"{pair[0]} over {pair[1]}")
         rows.append([SPLIT_NAMES.get(g["split"], g["split"]), g["n_skipped"], label, g["n_prompts"],
                      _diff_cell(g, "top1_difference"), _diff_cell(g, "kl_difference")])
+        if g.get("positions", "all") != "all":
+            label += f" ({g['positions']})"
         if not pair[0].startswith(("prompt_oracle",)) and "control" not in label:
             low, high = _num(g, "top1_difference_ci_low"), _num(g, "top1_difference_ci_high")
             verdict = ("gains" if low > 0 else "loses" if high < 0 else "shows no measurable difference:")
@@ -405,6 +435,49 @@ def ladder_section(gaps: list[dict]) -> list[str]:
             "The per-prompt oracle (a greedy search on the prompt's own reference continuation, in-sample) is the "
             "ceiling of any input-dependent plan.", "",
             _table(["prompts", "layers", "gap", "n", "top-1", "KL"], rows), "", *words, ""]
+
+
+INPUT_DEPENDENT = ("category", "neighbours", "category_scores", "prompt", "plan_map", "plan_map_learned", "dynamic",
+                   "dynamic_calm")  # deployable levels whose plan depends on the request
+
+
+def out_of_sample_answer(frontier: list[dict], gaps: list[dict]) -> list[str]:
+    """The adaptivity question in words: does any deployable input-dependent plan beat the global
+    plan on prompts it never saw (per split: which, by how much; where none does, the largest upper end
+    of the intervals bounds the gain), and how far the out-of-sample per-prompt ceiling sits above it."""
+    words = ["**Does an input-dependent plan beat one global plan out of sample?** (top-1 agreement, paired "
+             "over the frontier's prompts, 95% intervals)", ""]
+    for split, label in SPLIT_NAMES.items():
+        rows = [r for r in frontier if r["split"] == split and r["method"] in INPUT_DEPENDENT
+                and _num(r, "minus_global_top1") is not None]
+        if not rows:
+            continue
+        wins = [r for r in rows if _num(r, "minus_global_top1_ci_low") > 0]
+        bound = max(rows, key=lambda r: _num(r, "minus_global_top1_ci_high"))
+        widths = [_num(r, "minus_global_top1_ci_high") - _num(r, "minus_global_top1_ci_low") for r in rows]
+        counts = sorted({int(r["n_skipped"]) for r in rows})
+        if wins:
+            text = "yes: " + "; ".join(f"{r['method']} at {r['n_skipped']} layers "
+                                        f"{_diff_cell(r, 'minus_global_top1').strip('*')}" for r in wins)
+        else:
+            text = (f"no: none of {len({r['method'] for r in rows})} levels is measurably better at "
+                    f"{', '.join(map(str, counts))} layers; the gain is at most "
+                    f"{_num(bound, 'minus_global_top1_ci_high'):+.3f} (the highest upper end: {bound['method']} at "
+                    f"{bound['n_skipped']} layers)")
+        text += f"; intervals {min(widths) / 2:.3f}–{max(widths) / 2:.3f} wide either side"
+        ceiling = [g for g in gaps if g["split"] == split and (g["higher"], g["lower"]) == ("prompt_oracle_oos", "global")]
+        fitting = [g for g in gaps if g["split"] == split and (g["higher"], g["lower"]) == ("prompt_oracle", "prompt_oracle_oos")]
+        if ceiling:
+            text += (". The out-of-sample per-prompt ceiling (searched on the first half of each continuation, scored "
+                     "on the second) over global: " + ", ".join(f"{g['n_skipped']} layers "
+                                                                f"{_diff_cell(g, 'top1_difference').strip('*')}"
+                                                                for g in ceiling))
+        if fitting:
+            text += ("; the in-sample oracle over it on the same positions (what the in-sample ceiling owes to "
+                     "fitting): " + ", ".join(f"{g['n_skipped']} layers {_diff_cell(g, 'top1_difference').strip('*')}"
+                                             for g in fitting))
+        words.append(f"- {label.capitalize()}: {text}.")
+    return words + [""] if len(words) > 2 else []
 
 
 def frontier_section(frontier: list[dict], gaps: list[dict] | None = None, overheads: dict | None = None) -> list[str]:
@@ -431,7 +504,7 @@ def frontier_section(frontier: list[dict], gaps: list[dict] | None = None, overh
            "clock), median of per-repeat ratios to the full model's greedy loop with the interquartile range; blank "
            "where the point was not timed (controls and ceilings). Prefill speed is in the throughput section.", ""]
     if gaps:
-        out += ladder_section(gaps)
+        out = out[:2] + out_of_sample_answer(frontier, gaps) + out[2:] + ladder_section(gaps)
     out += ["![frontier](frontier.png)", ""]
     for split, name in SPLIT_NAMES.items():
         rows = [r for r in frontier if r["split"] == split]

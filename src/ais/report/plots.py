@@ -144,16 +144,28 @@ def plot_depth(examples: dict[str, dict], n_layers: int, flexidepth: dict[str, f
     save_figure(fig, path)
 
 
-def plot_sweep(rows: list[dict], x: str, y: str, by: str | None, path: Path | str) -> None:
-    """One metric against one param across the experiments of a sweep, a line per value of `by`."""
+def plot_sweep(rows: list[dict], x: str, y: str, by: str | None, path: Path | str, log_x: bool = False) -> None:
+    """One metric against one param across the experiments of a sweep, a line per value of `by` (or per
+    metric where rows carry `metric`), with the 95% interval where rows carry `low` and `high`."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for group in sorted({str(r["by"]) for r in rows}):
-        pts = sorted((r for r in rows if str(r["by"]) == group), key=lambda r: r["x"])
-        ax.plot([p["x"] for p in pts], [p["y"] for p in pts], marker="o", ms=4, label=f"{by}={group}" if by else None)
+    key = (lambda r: str(r.get("metric") or r["by"]))
+    for group in sorted({key(r) for r in rows}):
+        pts = sorted((r for r in rows if key(r) == group), key=lambda r: r["x"])
+        label = group if pts[0].get("metric") else f"{by}={group}" if by else None
+        xs, ys = [p["x"] for p in pts], [p["y"] for p in pts]
+        if all(p.get("low") is not None for p in pts):
+            ax.errorbar(xs, ys, yerr=[[p["y"] - p["low"] for p in pts], [p["high"] - p["y"] for p in pts]], marker="o",
+                        ms=4, capsize=3, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", ms=4, label=label)
+    if any(r.get("low") is not None for r in rows):
+        ax.axhline(0, color="grey", lw=0.8)
+    if log_x:
+        ax.set_xscale("log", base=2)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
-    if by:
+    if by or any(r.get("metric") for r in rows):
         ax.legend(frameon=False, fontsize=8)
-    ax.set_title(f"{len(rows)} experiments", fontsize=10)
+    ax.set_title(f"{len({r['name'] for r in rows})} experiments", fontsize=10)
     save_figure(fig, path)

@@ -11,6 +11,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ais.files import cache_dir, sha256_file, write_text
@@ -197,6 +198,17 @@ def prompts_by_category(rows: list[dict], split: str, n: int | None = None) -> d
     return out
 
 
+def sample_per_category(categories: list[str], n_per_category: int, seed: int) -> list[int]:
+    """Indices of `n_per_category` rows of each category (all where fewer), drawn with `seed`, in
+    order: which map entries the plan map searches and the datastore keeps replies of."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for category in sorted(set(categories)):
+        members = [i for i, c in enumerate(categories) if c == category]
+        chosen += rng.choice(members, size=min(n_per_category, len(members)), replace=False).tolist()
+    return sorted(int(i) for i in chosen)
+
+
 def mixed_prompts(prompts_by_category: dict[str, list[str]], size: int) -> tuple[list[str], list[str]]:
     """`size` prompts taken one category at a time, as mixed traffic would arrive: (prompts, categories)."""
     categories = sorted(prompts_by_category)
@@ -236,5 +248,60 @@ def dolly_examples(max_per_category: int | None = None) -> tuple[list[TaskSpec],
     examples: dict[str, list[dict]] = {}
     for row in data:
         examples.setdefault(f"dolly/{row['category']}", []).append({"input": row["instruction"]})
+    specs = [TaskSpec(task.split("/", 1)[1], task, "{input}") for task in sorted(examples)]
+    return specs, examples
+
+
+UNLABELLED = "unlabelled"  # the one category of a requests file without labels
+
+
+def request_examples(path: Path | str, min_per_category: int = 1) -> tuple[list[TaskSpec], dict[str, list[dict]]]:
+    """A user's own requests (`corpus.source: jsonl`): one JSON object a line, with `prompt` and, where
+    the user has labels, `category` (all lines or none; without labels every request is in one category,
+    `unlabelled`: the plan map needs no labels). Each category becomes one task, so there is no
+    held-out-by-task split. A bad file gives one error naming the line: not JSON, not an object, no
+    `prompt`, an empty prompt, a category that is not text, labels on some lines only, a duplicate
+    prompt; or the category with fewer than `min_per_category` requests."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus.path={str(path)!r} not found: give a JSONL file of requests")
+    examples: dict[str, list[dict]] = {}
+    first_line: dict[str, int] = {}
+    labelled = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{where} is not JSON ({err})") from err
+        if not isinstance(row, dict):
+            raise CorpusError(f"{where} is a {type(row).__name__}, not an object with a `prompt`")
+        if "prompt" not in row:
+            raise CorpusError(f"{where} has no `prompt`")
+        prompt = row["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise CorpusError(f"{where}: `prompt` is {prompt!r}; give some text")
+        has_label = "category" in row
+        if labelled is None:
+            labelled = has_label
+        elif has_label != labelled:
+            raise CorpusError(f"{where} {'has' if has_label else 'has no'} `category`, unlike the lines before it: "
+                              "label every request or none")
+        category = row.get("category", UNLABELLED)
+        if not isinstance(category, str) or not category.strip():
+            raise CorpusError(f"{where}: `category` is {category!r}; give a name")
+        if prompt in first_line:
+            raise CorpusError(f"{where} repeats the prompt of line {first_line[prompt]}")
+        first_line[prompt] = number
+        examples.setdefault(f"jsonl/{category}", []).append({"input": prompt})
+    if not examples:
+        raise CorpusError(f"{path} holds no request")
+    for task, rows in examples.items():
+        if len(rows) < min_per_category:
+            raise CorpusError(f"{path}: category {task.split('/', 1)[1]!r} has {len(rows)} requests, fewer than the "
+                              f"{min_per_category} its splits need (corpus.n_importance + corpus.n_heldout + its share "
+                              "of corpus.n); add requests or lower those")
     specs = [TaskSpec(task.split("/", 1)[1], task, "{input}") for task in sorted(examples)]
     return specs, examples
