@@ -46,3 +46,19 @@ def test_the_pivot_control_may_skip_the_routers_layers_and_the_global_plan_may_n
     assert plans["global"][0] == SkipPlan.make(hard=[3]) and plans["global_any_layer"][0] == SkipPlan.make(hard=[1])
     assert plans["oracle"] == [SkipPlan.make(hard=[3]), SkipPlan.make(hard=[4])]  # b skips 3, a skips 4
     assert plans["routed_soft"] == [SkipPlan.soft_of(p.layers, 0.6) for p in plans["routed"]]
+
+
+def test_the_early_half_cut_to_its_columns_scores_as_the_whole_reference_masked_to_it():
+    from ais.evaluation.quality import Reference, decode_logprobs, halves
+
+    engine, tok = Engine(tiny_llama(dtype=torch.float64, seed=2)), tiny_tokenizer()
+    ref = make_reference(engine, tok, PROMPTS, n_continuation=6)
+    ref.full_logprobs, ref.protocol = decode_logprobs(engine, ref, None), "decode"
+    plans = [SkipPlan.make(hard=[2, 4]), SkipPlan.make(hard=[3])]
+    for protocol in ("forced", "decode"):
+        ref.protocol = protocol
+        masked = Reference(ref.batch, ref.columns, ref.full_logprobs, halves(ref.scored)["early"], engine, protocol)
+        cut = ref.restricted("early")
+        assert cut.columns.stop - cut.columns.start == ref.scored.shape[1] // 2
+        for a, b in zip(masked.score(plans), cut.score(plans)):
+            assert abs(a["top1"] - b["top1"]) < 1e-12 and abs(a["kl"] - b["kl"]) < 1e-9

@@ -64,9 +64,16 @@ class Reference:
                 for r in range(len(plans_per_row))]
 
     def restricted(self, part: str) -> "Reference":
-        """The same reference scored on one half of its positions only (`early` | `late`)."""
-        return Reference(self.batch, self.columns, self.full_logprobs, halves(self.scored)[part], self.engine,
-                         self.protocol)
+        """The same reference scored on one half of its positions only (`early` | `late`). The early
+        half is cut to its columns (what the later columns hold cannot change them, in either protocol),
+        so scoring it costs half."""
+        scored = halves(self.scored)[part]
+        if part != "early":
+            return Reference(self.batch, self.columns, self.full_logprobs, scored, self.engine, self.protocol)
+        middle = max(1, self.scored.shape[1] // 2)
+        stop = self.columns.start + middle
+        return Reference({k: v[:, :stop + 1] for k, v in self.batch.items()}, slice(self.columns.start, stop),
+                         self.full_logprobs[:, :middle], scored[:, :middle], self.engine, self.protocol)
 
     @staticmethod
     def join(references: list["Reference"]) -> "Reference | None":
