@@ -35,9 +35,9 @@ def test_the_registry_names_every_method_and_refuses_an_unknown_one():
 def test_embeddings_and_layer_scores_come_from_one_forward_and_match_their_definitions():
     model, tok = tiny_llama(seed=4), tiny_tokenizer()
     vectors, scores = embed_and_score(model, tok, CONTEXTS, 2, progress=False)
-    for i, context in enumerate(CONTEXTS):
+    for i, context in enumerate(CONTEXTS):  # batched with padding against alone: float rounding (docs/stack.md)
         batch = encode_prompts(tok, [context], "cpu")
-        torch.testing.assert_close(torch.from_numpy(vectors[i]), router_embedding(model, batch, 2)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(vectors[i]), router_embedding(model, batch, 2)[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(torch.from_numpy(scores[i]), block_influence(Engine(model), batch)[0].float(),
                                    rtol=1e-4, atol=1e-5)
 

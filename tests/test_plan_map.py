@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ais.evaluation.plan_search import build_plan_map, cluster_plans
+from ais.evaluation.plan_search import build_plan_map, cluster_plans, search_plans
 from ais.routing.corpus import sample_per_category
 from ais.methods import Request, make
 from ais.methods.plan_map import FILE
@@ -37,8 +37,10 @@ def built():
     decoder = tiny_routed_decoder(model, tok, CONTEXTS, [0, 1, 0, 1, 0, 0])
     categories = [decoder.topo.categories[i] for i in decoder.topo.labels]
     entries = list(range(len(CONTEXTS)))
-    plan_map, report = build_plan_map(decoder, tok, CONTEXTS, categories, entries, decoder.topo.embeddings, [1, 2],
-                                      k=2, n_continuation=4, seed=0, progress=False)
+    searched, _ = search_plans(decoder, tok, CONTEXTS, categories, 2, n_continuation=4, progress=False)
+    assert all(len(order) == 2 for order in searched)
+    plan_map, report = build_plan_map(decoder, tok, CONTEXTS, categories, entries, decoder.topo.embeddings, searched,
+                                      [1, 2], k=2, n_continuation=4, seed=0)
     return decoder, tok, plan_map, report
 
 

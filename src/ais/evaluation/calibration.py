@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ais.evaluation.anatomy import block_costs
-from ais.evaluation.quality import decode_logprobs, make_reference, score_conditions
+from ais.evaluation.quality import make_reference, score_conditions
 from ais.evaluation.references import importance_chunks
 from ais.methods import Method, make
 from ais.methods.base import Calibration
@@ -26,11 +26,7 @@ def calibration_references(engine, tokenizer, prompts_by_category: dict[str, lis
             if references is not None:
                 out.append(references.get(f"importance/{category}/{k}", chunk, protocol))
             else:
-                ref = make_reference(engine, tokenizer, chunk, n_continuation)
-                if protocol == "decode":
-                    ref.full_logprobs = decode_logprobs(engine, ref, None)
-                ref.protocol = protocol
-                out.append(ref)
+                out.append(make_reference(engine, tokenizer, chunk, n_continuation, protocol))
     return out
 
 

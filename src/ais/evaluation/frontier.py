@@ -25,7 +25,7 @@ from ais.model.plan import NEVER
 from ais.decoding.greedy import decode, prefill
 from ais.device import summary, speedup, time_interleaved
 from ais.evaluation.calibration import calibrated
-from ais.evaluation.quality import decode_logprobs, make_reference, score_conditions, score_gates
+from ais.evaluation.quality import make_reference, score_conditions, score_gates
 from ais.evaluation.references import frontier_chunks
 from ais.evaluation.statistics import mean_interval, paired_difference
 from ais.model.engine import LayerRows
@@ -69,9 +69,7 @@ def measure_quality(decoder, tokenizer, prompts_by_split: dict[str, dict[str, li
             if references is not None:  # computed once by the reference stage, in these very batches
                 ref = references.get(f"frontier/{split}/{k}", prompts, "decode")
             else:
-                ref = make_reference(engine, tokenizer, prompts, n_continuation)
-                ref.full_logprobs = decode_logprobs(engine, ref, None)  # the reference, computed by the same protocol
-                ref.protocol = "decode"
+                ref = make_reference(engine, tokenizer, prompts, n_continuation, "decode")
             everyone = list(range(len(chunk)))
             requests = decoder.requests(routes, prompts, truth, [ref.rows([j]) for j in everyone])
             points, shared, subsets = {}, {}, {}

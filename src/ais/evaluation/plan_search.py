@@ -1,7 +1,7 @@
-"""Building the plan-defined map (stage `plan_map`): categories defined by which plan works.
+"""Building the plan-defined map (stages `plan_search` and `plan_map`): categories defined by which plan works.
 
 1. Map prompts (`plan_map.n_per_category` of each category, `ais.routing.corpus.sample_per_category`) get the per-prompt
-   oracle's own search (`prompt_oracle`: greedy removal on the prompt's own greedy continuation,
+   oracle's own search (stage `plan_search`, so that a sweep of K reuses it) (`prompt_oracle`: greedy removal on the prompt's own greedy continuation,
    decode protocol), to the largest budget; its removal order gives the plan at every smaller one.
 2. Per budget, the searched plans (sets of layers) are clustered by k-means on their layer
    indicators into K candidate plans (a candidate: the n layers its members skip most often).
@@ -21,7 +21,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ais.evaluation.quality import decode_logprobs, make_reference, score_conditions
+from ais.evaluation.quality import make_reference, score_conditions
 from ais.evaluation.references import frontier_chunks
 from ais.evaluation.statistics import mean_interval, paired_difference, rounded
 from ais.methods import Request, make
@@ -48,35 +48,47 @@ def cluster_plans(plans: list[list[int]], n: int, k: int, n_layers: int, seed: i
     return np.array(out, dtype=np.int64)
 
 
-@torch.inference_mode()
-def build_plan_map(decoder, tokenizer, prompts: list[str], categories: list[str], entries: list[int],
-                   embeddings: np.ndarray, budgets: list[int], k: int, n_continuation: int, seed: int,
-                   batch_size: int = 18, progress: bool = True) -> tuple[CandidatePlans, dict]:
-    """The plan map of the searched entries (their prompts, categories, map indices and router
-    embeddings) at each budget, and its report: the search's cost per prompt, and per budget the
-    candidates, their sizes, and the top-1 agreement of own candidate, global plan and own search."""
-    engine, setup = decoder.engine, decoder.setup
-    oracle = make("prompt_oracle", setup)
-    glob = make("global", setup)
+def _references(engine, tokenizer, prompts: list[str], categories: list[str], n_continuation: int,
+                batch_size: int) -> list[tuple[list[int], object]]:
+    """(rows, the full model's decode-protocol reference) of the prompts, `batch_size` at a time,
+    categories mixed as on the frontier."""
     by_category: dict[str, list[str]] = {}
     for prompt, category in zip(prompts, categories):
         by_category.setdefault(category, []).append(prompt)
     position = {(c, i): j for j, (c, i) in enumerate(_positions(categories))}
+    return [([position[(c, i)] for c, i, _ in chunk],
+             make_reference(engine, tokenizer, [p for *_, p in chunk], n_continuation, "decode"))
+            for chunk in frontier_chunks(by_category, batch_size)]
+
+
+@torch.inference_mode()
+def search_plans(decoder, tokenizer, prompts: list[str], categories: list[str], budget: int, n_continuation: int,
+                 batch_size: int = 18, progress: bool = True) -> tuple[list[list[int]], float]:
+    """Each prompt's removal order from the per-prompt oracle's search to `budget` layers (the plan at
+    any smaller budget is its beginning; stage `plan_search`), and the search's seconds."""
+    engine, setup = decoder.engine, decoder.setup
+    oracle = make("prompt_oracle", setup)
     searched: dict[int, list[int]] = {}
-    references = []
     started = time.perf_counter()
-    chunks = frontier_chunks(by_category, batch_size)
-    for chunk in tqdm(chunks, desc="plan map search", unit="batch", disable=not progress):
-        batch = [p for *_, p in chunk]
-        ref = make_reference(engine, tokenizer, batch, n_continuation)
-        ref.full_logprobs, ref.protocol = decode_logprobs(engine, ref, None), "decode"
-        rows = [position[(c, i)] for c, i, _ in chunk]
-        requests = [Request(p, reference=ref.rows([j]), key=p) for j, p in enumerate(batch)]
-        oracle.plans(requests, setup.budget(max(budgets)))  # the rows' searches advance together
+    for rows, ref in tqdm(_references(engine, tokenizer, prompts, categories, n_continuation, batch_size),
+                          desc="plan search", unit="batch", disable=not progress):
+        requests = [Request(p, reference=ref.rows([j]), key=p) for j, p in enumerate(prompts[r] for r in rows)]
+        oracle.plans(requests, setup.budget(budget))  # the rows' searches advance together
         for j, request in zip(rows, requests):
-            searched[j] = oracle.removal_order(request)
-        references.append((rows, ref))
-    search_seconds = time.perf_counter() - started
+            searched[j] = [int(layer) for layer in oracle.removal_order(request)]
+    return [searched[j] for j in range(len(prompts))], time.perf_counter() - started
+
+
+@torch.inference_mode()
+def build_plan_map(decoder, tokenizer, prompts: list[str], categories: list[str], entries: list[int],
+                   embeddings: np.ndarray, searched: list[list[int]], budgets: list[int], k: int, n_continuation: int,
+                   seed: int, batch_size: int = 18) -> tuple[CandidatePlans, dict]:
+    """The plan map of the searched entries (their prompts, categories, map indices, router embeddings
+    and removal orders) at each budget, and its report: per budget the candidates, their sizes, and the
+    top-1 agreement of own candidate, global plan and own search."""
+    engine, setup = decoder.engine, decoder.setup
+    glob = make("global", setup)
+    references = _references(engine, tokenizer, prompts, categories, n_continuation, batch_size)
     labels, candidates, report = {}, {}, {}
     for n in sorted(budgets):
         plans = [searched[j][:n] for j in range(len(prompts))]
@@ -108,8 +120,6 @@ def build_plan_map(decoder, tokenizer, prompts: list[str], categories: list[str]
         }
     plan_map = CandidatePlans(np.asarray(entries), embeddings, labels, candidates, setup.topo.identity)
     summary = {"entries": len(prompts), "k": k, "budgets": sorted(budgets), "n_continuation": n_continuation,
-               "search_seconds": round(search_seconds, 1),
-               "search_seconds_per_prompt": round(search_seconds / max(1, len(prompts)), 2),
                "by_budget": report}
     return plan_map, summary
 

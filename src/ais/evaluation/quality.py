@@ -93,8 +93,9 @@ class Reference:
 
 
 @torch.inference_mode()
-def make_reference(engine: Engine, tokenizer, prompts: list[str], n_continuation: int) -> Reference:
-    """Generate the full model's greedy continuation and record its next-token distributions."""
+def continuation(engine: Engine, tokenizer, prompts: list[str], n_continuation: int) -> Reference:
+    """The full model's greedy continuation of each prompt, as a Reference without its
+    log-probabilities (`make_reference` adds them; the reference stage keeps states instead)."""
     model = engine.model
     batch = encode_prompts(tokenizer, prompts, model.device, context_length(model) - n_continuation - 1)
     prompt_len = batch["input_ids"].shape[1]
@@ -106,8 +107,15 @@ def make_reference(engine: Engine, tokenizer, prompts: list[str], n_continuation
         batch = {"input_ids": torch.cat([batch["input_ids"], new], 1),
                  "attention_mask": torch.cat([batch["attention_mask"], torch.ones_like(new)], 1)}
     columns = slice(prompt_len - 1, max(prompt_len, batch["input_ids"].shape[1] - 1))
-    ref = Reference(batch, columns, None, scored, engine)
-    ref.full_logprobs = forced_logprobs(engine, ref, None)
+    return Reference(batch, columns, None, scored, engine)
+
+
+def make_reference(engine: Engine, tokenizer, prompts: list[str], n_continuation: int,
+                   protocol: str = "forced") -> Reference:
+    """The full model's greedy continuation and its next-token distributions by `protocol`."""
+    ref = continuation(engine, tokenizer, prompts, n_continuation)
+    ref.full_logprobs = (forced_logprobs if protocol == "forced" else decode_logprobs)(engine, ref, None)
+    ref.protocol = protocol
     return ref
 
 
@@ -312,4 +320,4 @@ def score(engine: Engine, ref: Reference, plans: list[SkipPlan], protocol: str =
 
 
 __all__ = ["METRICS", "NO_SKIP", "Reference", "compare_logprobs", "decode_gated", "decode_logprobs", "eos_mask",
-           "forced_logprobs", "make_reference", "score", "score_conditions"]
+           "continuation", "forced_logprobs", "make_reference", "score", "score_conditions"]

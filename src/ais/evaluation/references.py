@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ais.device import dtype_name
-from ais.evaluation.quality import Reference, decode_states, forced_states, logprobs_of, make_reference
+from ais.evaluation.quality import Reference, continuation, decode_states, forced_states, logprobs_of
 from ais.files import atomic_dir, load_npz, save_npz, write_json
 
 FILE = "data/reference"
@@ -44,7 +44,7 @@ def build(engine, tokenizer, groups: dict[str, tuple[list[str], int, tuple[str, 
     out = {}
     for name, (prompts, n_continuation, protocols) in tqdm(groups.items(), desc="references", unit="group",
                                                            disable=not progress, mininterval=2.0):
-        ref = make_reference(engine, tokenizer, prompts, n_continuation)
+        ref = continuation(engine, tokenizer, prompts, n_continuation)  # states only: no head
         states = {"forced": forced_states(engine, ref, None)}
         if "decode" in protocols:
             states["decode"] = decode_states(engine, ref, None)

@@ -46,8 +46,7 @@ def score_split(decoder, tokenizer, prompts_by_category: dict[str, list[str]], m
         if references is not None:  # computed once by the reference stage, in these very batches
             ref = references.get(f"validate/{split}/{category}", prompts, "forced")
         else:
-            ref = make_reference(engine, tokenizer, prompts, n_continuation)
-            ref.protocol = "forced"
+            ref = make_reference(engine, tokenizer, prompts, n_continuation, "forced")
         requests = decoder.requests(routes, prompts, truth=[category] * len(prompts),
                                     references=[ref.rows([i]) for i in range(len(prompts))])
         scores = score_conditions(engine, ref, conditions(decoder, methods, requests, [r.plan for r in routes]))
