@@ -62,3 +62,20 @@ def test_the_early_half_cut_to_its_columns_scores_as_the_whole_reference_masked_
         assert cut.columns.stop - cut.columns.start == ref.scored.shape[1] // 2
         for a, b in zip(masked.score(plans), cut.score(plans)):
             assert abs(a["top1"] - b["top1"]) < 1e-12 and abs(a["kl"] - b["kl"]) < 1e-9
+
+
+def test_a_stored_reference_scores_every_plan_as_the_reference_computed_in_place(tmp_path):
+    """The reference stage's groups, saved and read back, give the scoring stages what computing the
+    reference themselves gives, bit for bit, in both protocols (the 15-minute run's quality guarantee)."""
+    from ais.evaluation.references import References, build, save
+    engine, tok = Engine(tiny_llama(seed=3)), tiny_tokenizer()
+    groups = {"validate/heldout/a": (PROMPTS, 4, ("forced",)), "frontier/heldout/0": (PROMPTS, 4, ("decode",))}
+    save(tmp_path / "reference", build(engine, tok, groups, progress=False), groups, None, engine)
+    stored = References(tmp_path / "reference", engine)
+    plans = [SkipPlan.make(hard=[2, 4]), NO_SKIP, SkipPlan.make(attention=[3]), SkipPlan.soft_of([1, 5], 0.7)]
+    for group, protocol in (("validate/heldout/a", "forced"), ("frontier/heldout/0", "decode")):
+        here, read = make_reference(engine, tok, PROMPTS, 4, protocol), stored.get(group, PROMPTS, protocol)
+        assert torch.equal(here.batch["input_ids"], read.batch["input_ids"]) and torch.equal(here.scored, read.scored)
+        assert torch.equal(here.full_logprobs, read.full_logprobs) and here.columns == read.columns
+        a, b = score(engine, here, plans, protocol), score(engine, read, plans, protocol)
+        assert all((a[k] == b[k]).all() for k in a)
