@@ -30,16 +30,16 @@ for k in map(int, sys.argv[1:]):
     print(k, round(time.perf_counter() - t), {n: (len(r["candidates"]), r["own_minus_global"], r["global_top1"], r["searched_top1"]) for n, r in summary["by_budget"].items()}, flush=True)
 
 # the CSV and the plot (K=4 from the pipeline's own reports/plan_map.json)
-import csv
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from ais.files import write_csv
+from ais.report.plots import save_figure
 out[4] = json.loads(Path("reports/plan_map.json").read_text())
 rows = [{"k": k, "layers": int(n), "candidates": len(r["candidates"]), **{f"own_minus_global_{x}": r["own_minus_global"][x]
          for x in ("top1", "top1_ci_low", "top1_ci_high")}, "searched_minus_own_top1": r["searched_minus_own"]["top1"]}
         for k, s in sorted(out.items()) for n, r in s["by_budget"].items()]
-with open("reports/plan_map_k.csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+write_csv("reports/plan_map_k.csv", rows)  # atomically, as every stage writes
 fig, ax = plt.subplots(figsize=(5, 3.2))
 for n in sorted({r["layers"] for r in rows}):
     pts = [r for r in rows if r["layers"] == n]
@@ -49,4 +49,4 @@ for n in sorted({r["layers"] for r in rows}):
                 marker="o", capsize=3, label=f"{n} layers")
 ax.axhline(0, color="grey", lw=0.8); ax.set_xscale("log", base=2); ax.set_xlabel("K (candidate plans)")
 ax.set_ylabel("own candidate − global, top-1\n(in-sample, 36 map prompts)"); ax.legend(fontsize=8)
-fig.tight_layout(); fig.savefig("reports/plan_map_k.png", dpi=120)
+fig.tight_layout(); save_figure(fig, "reports/plan_map_k.png")
