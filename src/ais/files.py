@@ -17,6 +17,13 @@ from pathlib import Path
 import numpy as np
 
 
+class ArtifactError(ValueError):
+    """A missing, corrupt or mismatched artifact; the message names the stage that rebuilds it."""
+
+
+IDENTITY_KEYS = ("model_type", "n_layers", "hidden_size", "vocab_size")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -103,16 +110,35 @@ def save_npz(path: Path | str, **arrays) -> None:
                 zf.writestr(info, buf.getvalue())
 
 
-def load_npz(path: Path | str, what: str, stage: str) -> dict:
+def load_npz(path: Path | str, what: str, stage: str, error: type[Exception] = ArtifactError) -> dict:
     """All arrays of an npz, with a clear error naming the stage to rerun if missing or corrupt."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found: run `dvc repro {stage}` first")
+        raise error(f"{what} {path} not found: run `dvc repro {stage}` first")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{what} {path} is truncated or corrupt ({err}); rerun `dvc repro -f {stage}`") from err
+        raise error(f"{what} {path} is truncated or corrupt ({err}); rerun `dvc repro -f {stage}`") from err
+
+
+def read_meta(path: Path | str, what: str, stage: str, error: type[Exception] = ArtifactError) -> dict:
+    """An artifact folder's JSON metadata, with a clear error naming the stage to rerun if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path.parent} not found (no {path.name}): run `dvc repro {stage}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is corrupt ({err}); rerun `dvc repro -f {stage}`") from err
+
+
+def check_identity(built_for: dict, model: dict, what: str, error: type[Exception] = ArtifactError) -> None:
+    """Refuse an artifact built for another model (the keys both identities hold must agree)."""
+    for key in IDENTITY_KEYS:
+        if key in built_for and key in model and built_for[key] != model[key]:
+            raise error(f"{what} was built for a model with {key}={built_for[key]}, but this model has "
+                        f"{key}={model[key]}; rebuild it for this model with `dvc repro`")
 
 
 def cache_dir() -> Path:

@@ -7,13 +7,12 @@ indices; embeddings: their unit router embeddings) and datastore.json (the model
 the build's time)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ais.decoding.suffix import SuffixAutomaton
-from ais.files import atomic_dir, load_npz, save_npz, write_json
+from ais.files import atomic_dir, check_identity, load_npz, read_meta, save_npz, write_json
 from ais.routing.topomap import MapError, unit_rows
 
 FILE = "data/datastore"
@@ -77,22 +76,10 @@ class Datastore:
     @classmethod
     def load(cls, folder: Path | str, model_identity: dict | None = None) -> "Datastore":
         folder = Path(folder)
-        meta_path = folder / "datastore.json"
-        if not meta_path.is_file():
-            raise MapError(f"datastore {folder} not found: run `dvc repro datastore` first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise MapError(f"{meta_path} is corrupt ({err}); rerun `dvc repro -f datastore`") from err
+        meta = read_meta(folder / "datastore.json", "datastore", "datastore", MapError)
         if model_identity is not None:
-            for key in ("model_type", "n_layers", "hidden_size", "vocab_size"):
-                if meta["identity"].get(key) != model_identity.get(key):
-                    raise MapError(f"the datastore was built for a model with {key}={meta['identity'].get(key)}, but "
-                                   f"this model has {key}={model_identity.get(key)}; rebuild it with `dvc repro`")
-        try:
-            data = load_npz(folder / "replies.npz", "datastore replies", "datastore")
-        except (FileNotFoundError, ValueError) as err:
-            raise MapError(str(err)) from err
+            check_identity(meta["identity"], model_identity, "the datastore", MapError)
+        data = load_npz(folder / "replies.npz", "datastore replies", "datastore", MapError)
         offsets, tokens = data["offsets"], data["tokens"]
         replies = [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
         return cls(replies, data["embeddings"], data["entries"], meta["identity"])

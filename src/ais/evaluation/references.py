@@ -12,7 +12,6 @@ and the depth prompts' greedy continuations, to their end of sequence (`continua
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from ais.device import dtype_name
 from ais.evaluation.quality import Reference, continuation, decode_states, forced_states, logprobs_of
-from ais.files import atomic_dir, load_npz, save_npz, write_json
+from ais.files import ArtifactError, atomic_dir, load_npz, read_meta, save_npz, write_json
 
 FILE = "data/reference"
 
@@ -82,15 +81,9 @@ class References:
 
     def __init__(self, folder: Path | str, engine):
         self.folder, self.engine = Path(folder), engine
-        path = self.folder / "index.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"references {self.folder} not found: run `dvc repro reference` first")
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is corrupt ({err}); rerun `dvc repro -f reference`") from err
+        meta = read_meta(self.folder / "index.json", "references", "reference")
         if meta["dtype"] != dtype_name(engine.dtype):
-            raise ValueError(f"the references in {self.folder} were computed in {meta['dtype']}, the model runs in "
+            raise ArtifactError(f"the references in {self.folder} were computed in {meta['dtype']}, the model runs in "
                              f"{dtype_name(engine.dtype)}; rerun `dvc repro reference`")
         self.groups = meta["groups"]
 
@@ -120,7 +113,4 @@ class References:
 
     def continuations(self) -> list[dict]:
         """The depth prompts' {kind, group, item, prompt_ids, continuation}, in order."""
-        path = self.folder / "continuations.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `dvc repro reference` first")
-        return json.loads(path.read_text())
+        return read_meta(self.folder / "continuations.json", "the depth continuations", "reference")

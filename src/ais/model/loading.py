@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ais.device import configure_threads, pick_device, pick_dtype
-from ais.files import atomic_dir, cache_dir, sha256_file, write_json
+from ais.files import atomic_dir, cache_dir, read_meta, sha256_file, write_json
 from ais.model.sources import SOURCES, SourceError, resolve
 
 EMBEDDED = "embedded"
@@ -147,13 +146,7 @@ def materialise(source: str, out_dir: Path) -> tuple[dict, float]:
 
 def read_card(model_dir: Path) -> dict:
     """The model card of a materialised checkpoint, with a clear error if it is not there."""
-    card_path = Path(model_dir) / "model_card.json"
-    if not card_path.is_file():
-        raise ModelError(f"{card_path} not found: materialise the model first with `dvc repro model`")
-    try:
-        return json.loads(card_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{card_path} is corrupt ({err}); rerun `dvc repro -f model`") from err
+    return read_meta(Path(model_dir) / "model_card.json", "materialised model", "model", ModelError)
 
 
 def load_model(model_dir: Path, dtype: str = "auto", device: str = "auto", max_memory: dict | None = None):

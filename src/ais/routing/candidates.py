@@ -11,12 +11,11 @@ labels_<n>, candidates_<n> (K x n layers), the learned router coef_<n> / interce
 candidates.json (the model identity, the budgets, K)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ais.files import atomic_dir, load_npz, save_npz, write_json
+from ais.files import atomic_dir, check_identity, load_npz, read_meta, save_npz, write_json
 from ais.routing.topomap import MapError, fit_learned_router, unit_rows
 
 
@@ -76,22 +75,10 @@ class CandidatePlans:
     @classmethod
     def load(cls, folder: Path | str, model_identity: dict | None = None) -> "CandidatePlans":
         folder = Path(folder)
-        meta_path = folder / "candidates.json"
-        if not meta_path.is_file():
-            raise MapError(f"plan map {folder} not found: run `dvc repro plan_map` first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise MapError(f"{meta_path} is corrupt ({err}); rerun `dvc repro -f plan_map`") from err
-        try:
-            data = load_npz(folder / "candidates.npz", "plan map arrays", "plan_map")
-        except (FileNotFoundError, ValueError) as err:
-            raise MapError(str(err)) from err
+        meta = read_meta(folder / "candidates.json", "plan map", "plan_map", MapError)
+        data = load_npz(folder / "candidates.npz", "plan map arrays", "plan_map", MapError)
         if model_identity is not None:
-            for key in ("model_type", "n_layers", "hidden_size", "vocab_size"):
-                if key in meta["identity"] and key in model_identity and meta["identity"][key] != model_identity[key]:
-                    raise MapError(f"the plan map was built for a model with {key}={meta['identity'][key]}, but this "
-                                   f"model has {key}={model_identity[key]}; rebuild it with `dvc repro`")
+            check_identity(meta["identity"], model_identity, "the plan map", MapError)
         budgets = [int(n) for n in meta["budgets"]]
         routers = {n: {"coef": data[f"coef_{n}"], "intercept": data[f"intercept_{n}"]} for n in budgets
                    if f"coef_{n}" in data}

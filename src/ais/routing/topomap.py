@@ -17,10 +17,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ais.files import atomic_dir, load_npz, save_npz, sha256_file, write_json
+from ais.files import ArtifactError, atomic_dir, check_identity, load_npz, read_meta, save_npz, sha256_file, write_json
 
 
-class MapError(ValueError):
+class MapError(ArtifactError):
     """A map that cannot be built, loaded or queried as asked."""
 
 
@@ -117,12 +117,7 @@ class TopoMap:
 
     def check_model(self, identity: dict) -> None:
         """Refuse a model other than the one the map was built with."""
-        for key in ("model_type", "n_layers", "hidden_size", "vocab_size"):
-            if key in identity and key in self.identity and identity[key] != self.identity[key]:
-                raise MapError(
-                    f"the map was built for a model with {key}={self.identity[key]}, but this model has "
-                    f"{key}={identity[key]}; rebuild the map for this model with `dvc repro`"
-                )
+        check_identity(self.identity, identity, "the map", MapError)
 
     def save(self, folder: Path | str) -> None:
         """Write the map folder atomically."""
@@ -147,17 +142,8 @@ class TopoMap:
     def load(cls, folder: Path | str, model_identity: dict | None = None) -> "TopoMap":
         """Read a map folder; with `model_identity`, refuse a map built for another model."""
         folder = Path(folder)
-        meta_path = folder / "map.json"
-        if not meta_path.is_file():
-            raise MapError(f"map {folder} not found (no map.json): run `dvc repro map` first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise MapError(f"{meta_path} is corrupt ({err}); rerun `dvc repro -f map`") from err
-        try:
-            arrays = load_npz(folder / "map.npz", "map arrays", "map")
-        except (FileNotFoundError, ValueError) as err:
-            raise MapError(str(err)) from err
+        meta = read_meta(folder / "map.json", "map", "map", MapError)
+        arrays = load_npz(folder / "map.npz", "map arrays", "map", MapError)
         try:
             index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as err:
