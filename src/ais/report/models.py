@@ -17,6 +17,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import yaml
+
 from ais.files import atomic_dir
 
 REPORTS, MODELS, PARAMS = "reports", "reports/models", "params.yaml"
@@ -32,9 +34,19 @@ def experiment_ref(name: str) -> str:
     return found[0]
 
 
+def declared_outputs(ref: str, root: Path = Path(".")) -> set[str]:
+    """The paths the commit's dvc.yaml names as a stage's outs, metrics or plots."""
+    stages = yaml.safe_load(subprocess.run(["git", "show", f"{ref}:dvc.yaml"], capture_output=True, text=True,
+                                           check=True, cwd=root).stdout)["stages"]
+    return {next(iter(o)) if isinstance(o, dict) else o
+            for stage in stages.values() for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])}
+
+
 def keep_reports(ref: str, source: str, root: Path = Path(".")) -> Path:
-    """Write the experiment's reports/ (without reports/models/) and the params.yaml it ran with into
+    """Write the experiment's reports that its stages wrote (the outputs its dvc.yaml declares under
+    reports/, never reports/models/ or a file committed by hand) and the params.yaml it ran with into
     reports/models/<source>/, atomically (the `report` stage summarises them with its own code)."""
+    declared = declared_outputs(ref, root)
     archive = subprocess.run(["git", "archive", "--format=tar", ref, REPORTS, PARAMS], capture_output=True, check=True,
                              cwd=root).stdout
     target = root / MODELS / source
@@ -43,7 +55,7 @@ def keep_reports(ref: str, source: str, root: Path = Path(".")) -> Path:
             if not member.isfile():
                 continue
             relative = Path(member.name) if member.name == PARAMS else Path(member.name).relative_to(REPORTS)
-            if relative.parts[0] == "models":
+            if relative.parts[0] == "models" or (member.name != PARAMS and member.name not in declared):
                 continue
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
             (tmp / relative).write_bytes(tar.extractfile(member).read())

@@ -67,7 +67,7 @@ def lowest_layers(importance: np.ndarray, candidates: list[int], n: int) -> list
 def select_layers(importance: np.ndarray, pivot: int, settings: SkipSettings, fraction: float | None = None) -> list[int]:
     """The layers to skip for one category's importance vector."""
     candidates = candidate_layers(importance, pivot, settings.critical)
-    if settings.select == "threshold" and fraction is None:
+    if fraction is None and settings.select == "threshold":  # a given fraction reads no budget rule
         return [i for i in candidates if importance[i] <= settings.threshold]
     n = n_layers_to_skip(settings.fraction if fraction is None else fraction, len(importance))
     return lowest_layers(importance, candidates, n)
