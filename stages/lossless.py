@@ -14,15 +14,16 @@ from ais.params import get, load_params
 from ais.report.plots import plot_lossless
 from ais.routing.corpus import prompts_by_category, read_corpus
 
-MEASURED_DTYPES = ("bfloat16", "float32")  # what a user runs (bfloat16) and the strict mode (float32)
+REFERENCE, STRICT = "bfloat16", "float32"  # every speedup is against bfloat16 `generate`; float32 is the strict mode
 
 if __name__ == "__main__":
     params = load_params()
     system = load(mode="hard")  # drafts always hard-skip (a soft-skipped draft costs more than the full model)
     device = get(params, "model.device")
-    models = {d: system.model if dtype_name(system.model.dtype) == d else load_model(Path("data/model"), d, device)[0]
-              for d in MEASURED_DTYPES}
     system_dtype = dtype_name(system.lossless_model().dtype)
+    dtypes = dict.fromkeys([system_dtype, REFERENCE] + ([STRICT] if get(params, "lossless.strict") else []))
+    models = {d: system.model if dtype_name(system.model.dtype) == d else load_model(Path("data/model"), d, device)[0]
+              for d in dtypes}
     n = get(params, "lossless.n_per_category")
     corpus = read_corpus(Path("data/corpus.jsonl"))
     held = prompts_by_category(corpus, "heldout", 2 * n)
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     if unseen:
         test["heldout_task"] = unseen
     settings = {k: get(params, f"lossless.{k}") for k in ("gamma", "confidence", "max_new_tokens", "ngram",
-                                                          "draft_fraction", "clasp_interval", "min_speedup", "ablations",
+                                                          "draft_fraction", "clasp_interval", "min_speedup", "drafters", "ablations",
                                                           "suffix_factor", "suffix_probability", "suffix_neighbours",
                                                           "lookup_sweep")}
     datastore = Datastore.load(DATASTORE, system.topo.identity)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ais.decoding.datastore import Datastore
-from ais.evaluation.lossless import (continuation_logits, cost_model, exactness, generate_baseline, margin_at_divergence,
-                                     measure, rounding_delta)
+from ais.evaluation.lossless import (choose_drafters, continuation_logits, cost_model, exactness, generate_baseline,
+                                     margin_at_divergence, measure, rounding_delta, variants)
 from conftest import tiny_llama, tiny_routed_decoder, tiny_tokenizer
 
 PROMPT = [1, 5, 9, 14, 22, 7]
@@ -28,6 +28,9 @@ def test_bfloat16_chunks_round_differently_and_the_delta_says_how_much():
     tokens = generate_baseline(model, PROMPT, 16, None)[0]
     delta = rounding_delta(model, PROMPT, tokens, 5)
     assert 0 < delta < 1
+    steps = continuation_logits(model, PROMPT, tokens)  # one prefill rolled back = a fresh prefill per width
+    assert delta == max(float((continuation_logits(model, PROMPT, tokens, k) - steps).abs().max()) for k in range(2, 6))
+    assert rounding_delta(model, PROMPT, tokens, 5, steps) == delta
 
 
 def test_margin_at_divergence_is_the_references_top_two_gap_at_the_first_difference():
@@ -54,6 +57,19 @@ def test_a_near_tie_counts_as_rounding_and_a_mismatch_above_the_bound_does_not()
     assert result["bfloat16"]["all_divergences_below_bound"] and result["float32"]["all_divergences_below_bound"]
     rows.append(_row("bfloat16", 0, 0.5))  # a flip where the reference's top two were far apart: not rounding
     assert not exactness(rows, {"bfloat16": 0.05, "float32": 1e-5})["bfloat16"]["all_divergences_below_bound"]
+
+
+def test_only_the_named_drafters_are_measured_and_chosen():
+    pairs = variants(["bfloat16"], "bfloat16", ("routed_skip", "suffix"))
+    assert pairs == [("bfloat16", n) for n in ("generate", "generate_prompt_lookup", "none", "routed_skip", "suffix",
+                                               "system")]
+    strict = variants(["bfloat16", "float32"], "bfloat16", ("routed_skip", "suffix"), ablations=True)
+    assert [n for d, n in strict if d == "float32"] == ["generate", "none", "suffix"]  # model-free drafters only
+    assert ("bfloat16", "routed_skip_fixed_threshold") in strict
+    rate = {"none": 10, "routed_skip": 9, "suffix": 14, "clasp": 20}  # tokens per second; clasp is not named
+    rows = [{"category": "a", "dtype": "bfloat16", "decoder": n, "tokens": t, "seconds": 1.0} for n, t in rate.items()]
+    assert choose_drafters(rows, "bfloat16", 1.0, ("routed_skip", "suffix")) == {"a": "suffix"}
+    assert choose_drafters(rows, "bfloat16", 1.5, ("routed_skip", "suffix")) == {"a": "none"}
 
 
 def test_cost_model_predicts_leviathans_speedup_and_break_even():

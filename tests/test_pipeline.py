@@ -53,7 +53,8 @@ SMALL = {
                  "warmup": 1, "repeats": 1, "oracle_fractions": [0.1]},
     "plan_map": {"n_per_category": 2, "k": 2, "fractions": [0.1]},
     "umap": {"n_neighbors": 5},
-    "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32", "lookup_sweep": [2, 8]},
+    "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32", "lookup_sweep": [2, 8],
+                 "drafters": ["routed_skip", "clasp", "prompt_lookup", "suffix"]},  # every drafter, as the full-size run
     "datastore": {"n_per_category": 2, "max_new_tokens": 8},  # the strict mode: the CLI check is exact
     "depth": {"paragraphs": "gen/story", "n_per_operation": 2, "n_per_category": 1, "max_new_tokens": 4},
     "importance": {"n_continuation": 3, "method": "greedy", "greedy_layers": 2},
@@ -206,7 +207,8 @@ def test_dvc_yaml_declares_exactly_the_params_each_stage_reads_and_the_files_it_
 
 
 THREAD_INVARIANT = ["data/corpus.jsonl", "data/embeddings.npz", "data/map", "reports/map.json", "reports/corpus.json"]
-DETERMINISTIC = THREAD_INVARIANT + ["data/importance.npz", "reports/validate.json", "reports/validate_prompts.csv"]
+DETERMINISTIC = THREAD_INVARIANT + ["data/importance.npz", "reports/validate.json", "reports/validate_prompts.csv",
+                                    "data/datastore"]
 
 
 def test_deterministic_stages_give_identical_bytes_and_the_map_whatever_the_thread_count(built):
@@ -219,7 +221,7 @@ def test_deterministic_stages_give_identical_bytes_and_the_map_whatever_the_thre
     one = {**env, "AIS_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     for stage in ("corpus", "embed@0", "embed_merge", "map"):
         run(DVC + ["repro", "-f", "-s", stage], root, one)
-    for stage in ("importance", "validate"):
+    for stage in ("importance", "validate", "datastore"):
         run(DVC + ["repro", "-f", "-s", stage], root, env)
     assert {p: digest(root / p) for p in DETERMINISTIC} == before
     assert "up to date" in run(DVC + ["status"], root, env)

@@ -30,6 +30,7 @@ INT0, INT1, FRACTION = _spec(int, lo=0), _spec(int, lo=1), _spec(float, lo=0, hi
 SEED = _spec(int)
 TEXT = _spec(str)
 BENCHMARKS = ("mmlu", "arc_easy", "arc_challenge", "hellaswag", "piqa")  # evaluation/multiple_choice.py reads them
+DRAFT_CHOICES = ("routed_skip", "clasp", "prompt_lookup", "suffix")  # evaluation/lossless.py's CHOICES
 
 # Keys that name methods: their type is checked here, their names against the registry by
 # `ais.methods.check_names` (the check_params stage runs both; the registry imports every method).
@@ -126,6 +127,8 @@ SCHEMA: dict[str, dict] = {
     "lossless.ngram": INT1,
     "lossless.n_per_category": INT1,
     "lossless.min_speedup": _spec(float, lo=0),
+    "lossless.drafters": _spec(list, items=_spec(str, choices=DRAFT_CHOICES)),
+    "lossless.strict": _spec(bool),
     "lossless.ablations": _spec(bool),
     "lossless.suffix_factor": _spec(float, lo=0, lo_open=True),
     "lossless.suffix_probability": _spec(float, lo=0, hi=1),

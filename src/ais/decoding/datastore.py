@@ -3,8 +3,8 @@ with the prompts' router embeddings, so that a request's drafts search first the
 nearest map prompts (the topological map picks the shard), then every reply.
 
 On disk (a folder): replies.npz (tokens: every reply concatenated; offsets; entries: the map
-indices; embeddings: their unit router embeddings) and datastore.json (the model identity, counts,
-the build's time)."""
+indices; embeddings: their unit router embeddings) and datastore.json (the model identity and counts;
+no clock, so the same bytes on every run)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -21,16 +21,18 @@ import torch
 from scipy.optimize import brentq
 from tqdm import tqdm
 
-from ais.decoding.speculative import (ABLATIONS, DRAFTERS, drafter_for_route, forward_tokens, prefill_logits,
+from ais.decoding.speculative import (ABLATIONS, drafter_for_route, forward_tokens, prefill_logits,
                                      speculative_generate)
 from ais.device import Stopwatch, time_interleaved
 from ais.evaluation.statistics import mean_interval, ratio_of_rates_interval
 from ais.model.engine import Engine
 from ais.model.prompts import chat_ids, context_length
+from ais.params import DRAFT_CHOICES
 
 BASELINES = ("generate", "generate_prompt_lookup")  # transformers, as a user calls it (prompt lookup at the
 LOOKUP = "generate_prompt_lookup"                    # `prompt_lookup_num_tokens` fastest on the calibration prompts)
-CHOICES = ("routed_skip", "clasp", "prompt_lookup", "suffix")  # what a category may choose instead of no draft
+CHOICES = DRAFT_CHOICES                              # what a category may choose instead of no draft
+                                                     # (`lossless.drafters` says which are measured)
 ROUTED = ("routed_skip", "clasp", "suffix", *ABLATIONS)  # drafters that need the prompt's route (CLaSp: its M;
                                                      # suffix: its router embedding, for the nearest replies)
 SYSTEM = "system"                                    # each prompt decoded with its routed category's drafter
@@ -52,23 +54,37 @@ def generate_baseline(model, ids: list[int], max_new_tokens: int, eos_token_id: 
     return tokens, clock.seconds
 
 
-@torch.inference_mode()
-def continuation_logits(model, ids: list[int], tokens: list[int], k: int = 1) -> torch.Tensor:
-    """Logits (len(tokens) x vocab, float32) that predict each of `tokens` after the prompt `ids`: the
-    prefill, then cached forwards of k tokens (k = 1: as `generate` computes them; k > 1: as a verify)."""
-    flight, first = prefill_logits(Engine(model), ids)
+def _chunked(flight, first: torch.Tensor, tokens: list[int], k: int) -> torch.Tensor:
     rows = [first]
     for start in range(0, len(tokens) - 1, k):
         rows.append(forward_tokens(flight, tokens[start:min(start + k, len(tokens) - 1)]))
     return torch.cat(rows).float()
 
 
+@torch.inference_mode()
+def continuation_logits(model, ids: list[int], tokens: list[int], k: int = 1) -> torch.Tensor:
+    """Logits (len(tokens) x vocab, float32) that predict each of `tokens` after the prompt `ids`: the
+    prefill, then cached forwards of k tokens (k = 1: as `generate` computes them; k > 1: as a verify)."""
+    flight, first = prefill_logits(Engine(model), ids)
+    return _chunked(flight, first, tokens, k)
+
+
+@torch.inference_mode()
 def rounding_delta(model, ids: list[int], tokens: list[int], max_chunk: int, steps: torch.Tensor | None = None) -> float:
     """The largest logit difference between k-token forwards (k = 2..max_chunk) and one-token steps
-    over one continuation (`steps`: the one-token logits, when already computed)."""
-    steps = continuation_logits(model, ids, tokens) if steps is None else steps
-    return max((float((continuation_logits(model, ids, tokens, k) - steps).abs().max()) for k in range(2, max_chunk + 1)),
-               default=0.0)
+    over one continuation (`steps`: the one-token logits, when already computed). One prefill: the
+    cache goes back to the prompt before each width."""
+    flight, first = prefill_logits(Engine(model), ids)
+    filled = flight.cache.length(0)
+    deltas = []
+    for k in ([] if steps is not None else [1]) + list(range(2, max_chunk + 1)):
+        flight.truncate(filled)
+        logits = _chunked(flight, first, tokens, k)
+        if k == 1:
+            steps = logits
+        else:
+            deltas.append(float((logits - steps).abs().max()))
+    return max(deltas, default=0.0)
 
 
 def margin_at_divergence(steps: torch.Tensor, reference: list[int], tokens: list[int]) -> tuple[int, float] | None:
@@ -115,14 +131,17 @@ def route_seconds(decoder, tokenizer, prompt: str):
 OTHER_DTYPE = ("none", "prompt_lookup", "suffix")  # beside the baselines in the dtype the system does not run in
 
 
-def variants(dtypes: list[str], system_dtype: str, ablations: bool = False) -> list[tuple[str, str]]:
-    """(dtype, decoder) pairs measured on every test prompt: in the system's dtype the baselines, every
-    drafter and the chosen-drafter system (with `ablations`, also the routed drafter without each of
-    its two refinements: the full-size run's); in the other dtype transformers' greedy `generate` and
-    the loop without a draft and with prompt lookup, for exactness in that dtype (the layer-skip
-    drafters' exactness in both dtypes is the tests' job)."""
-    out = [(system_dtype, name) for name in BASELINES + DRAFTERS + (SYSTEM,) + (ABLATIONS if ablations else ())]
-    return out + [(d, name) for d in dtypes if d != system_dtype for name in ("generate",) + OTHER_DTYPE]
+def variants(dtypes: list[str], system_dtype: str, drafters: tuple[str, ...] = CHOICES,
+             ablations: bool = False) -> list[tuple[str, str]]:
+    """(dtype, decoder) pairs measured on every test prompt: in the system's dtype the baselines, the
+    loop with no draft and with each of `drafters`, and the chosen-drafter system (with `ablations`,
+    also the routed drafter without each of its two refinements: the full-size run's); in every other
+    dtype transformers' greedy `generate` and the loop without a draft and with the model-free
+    drafters, for exactness in that dtype (the layer-skip drafters' exactness in every dtype is the
+    tests' job)."""
+    out = [(system_dtype, name) for name in BASELINES + ("none", *drafters, SYSTEM) + (ABLATIONS if ablations else ())]
+    other = ("generate",) + tuple(n for n in OTHER_DTYPE if n == "none" or n in drafters)
+    return out + [(d, name) for d in dtypes if d != system_dtype for name in other]
 
 
 def run_decoder(decoder, model, ids: list[int], prompt: str, tokenizer, name: str, settings: dict,
@@ -271,14 +290,15 @@ def cost_model(summary: dict, verify_ms: dict[int, float]) -> dict:
     return out
 
 
-def choose_drafters(calibration: list[dict], dtype: str, min_speedup: float) -> dict[str, str]:
-    """Per category, the drafter with the most tokens/s on the calibration prompts in `dtype` if it
-    beats the loop with no draft by more than `min_speedup`, else none."""
+def choose_drafters(calibration: list[dict], dtype: str, min_speedup: float,
+                    drafters: tuple[str, ...] = CHOICES) -> dict[str, str]:
+    """Per category, the one of `drafters` with the most tokens/s on the calibration prompts in `dtype`
+    if it beats the loop with no draft by more than `min_speedup`, else none."""
     chosen = {}
     for category in sorted({r["category"] for r in calibration}):
         rows = [r for r in calibration if r["category"] == category and r["dtype"] == dtype]
-        rate = {name: _rate([r for r in rows if r["decoder"] == name]) for name in ("none",) + CHOICES}
-        best = max(CHOICES, key=lambda n: rate[n])
+        rate = {name: _rate([r for r in rows if r["decoder"] == name]) for name in ("none", *drafters)}
+        best = max(drafters, key=lambda n: rate[n])
         chosen[category] = best if rate[best] / rate["none"] > min_speedup else "none"
     return chosen
 
@@ -318,15 +338,16 @@ def measure(decoder, tokenizer, models: dict, calibration: dict[str, list[str]],
     limit = context_length(decoder.model) - settings["max_new_tokens"] - gamma - 1
     warm = chat_ids(tokenizer, "Hello", limit)
     sweep = [f"{LOOKUP}@{n}" for n in settings["lookup_sweep"]]
-    pairs = variants(list(models), system_dtype, settings.get("ablations", False))
+    drafters = tuple(settings.get("drafters", CHOICES))
+    pairs = variants(list(models), system_dtype, drafters, settings.get("ablations", False))
     settings = {**settings, "lookup": settings["lookup_sweep"][0]}
     for dtype, name in pairs + [(system_dtype, n) for n in sweep]:  # warm-up of every code path
         run_decoder(decoder, models[dtype], warm, "Hello", tokenizer, name, {**settings, "max_new_tokens": 4}, {},
                     datastore)
-    choice = [(system_dtype, name) for name in ("none", *CHOICES, *sweep)]  # all the choices need
+    choice = [(system_dtype, name) for name in ("none", *drafters, *sweep)]  # all the choices need
     rows = generate_all(decoder, tokenizer, models, calibration, "calibration", choice, settings, seed, progress=progress,
                         datastore=datastore)
-    chosen = choose_drafters(rows, system_dtype, settings["min_speedup"])
+    chosen = choose_drafters(rows, system_dtype, settings["min_speedup"], drafters)
     settings["lookup"], lookup_rates = best_lookup(rows, system_dtype)
     test_rows = []
     for k, (split, prompts) in enumerate(test.items()):

@@ -272,13 +272,14 @@ def _speedup_words(v: dict, against: str) -> str:
 
 
 def lossless_section(lossless: dict) -> list[str]:
-    """The lossless stage: the user's baselines and every drafter in both dtypes, the chosen system,
+    """The lossless stage: the user's baselines and every measured drafter in each measured dtype, the chosen system,
     exactness with the bfloat16 rounding bound, and the cost model that says why a drafter pays."""
     sys_dtype, system = lossless["system_dtype"], lossless["system"]
     decoders = lossless["decoders"]
     out = ["## Lossless decoding (stage `lossless`)", "",
            f"Greedy generation of {lossless['max_new_tokens']} tokens at batch 1, gamma {lossless['gamma']}, against "
-           "transformers `generate` (greedy, and with `prompt_lookup_num_tokens`) in bfloat16 and float32, on the same "
+           "transformers `generate` (greedy, and with `prompt_lookup_num_tokens`) in " + " and ".join(decoders)
+           + " (`lossless.strict` adds float32 where the system runs in bfloat16), on the same "
            "prompts in one run, in a fresh random order per prompt. Each category's drafter was chosen on "
            f"{lossless['n_calibration_prompts']} calibration prompts; every number below is measured on "
            f"{lossless['n_test_prompts']} other (test) prompts, with the routing a drafter needs inside its clock. "

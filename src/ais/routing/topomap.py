@@ -13,8 +13,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ais.files import ArtifactError, atomic_dir, check_identity, load_npz, read_meta, save_npz, sha256_file, write_json
@@ -183,6 +181,9 @@ def fit_learned_router(embeddings: np.ndarray, labels: np.ndarray, c: float = 1.
     on one BLAS thread: lbfgs has no random state, but its sums round by the BLAS's thread split (with
     2 threads the coefficients moved by up to 3.7e-4), and the map must have the same bytes on any
     machine and thread count."""
+    from sklearn.linear_model import LogisticRegression  # here: scikit-learn's import costs every stage a second
+    from sklearn.preprocessing import StandardScaler
+
     x = unit_rows(embeddings)
     with threadpool_limits(limits=1):
         scaler = StandardScaler().fit(x)
