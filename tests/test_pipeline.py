@@ -54,7 +54,7 @@ SMALL = {
     "plan_map": {"n_per_category": 2, "k": 2, "fractions": [0.1]},
     "umap": {"n_neighbors": 5},
     "lossless": {"n_per_category": 1, "max_new_tokens": 8, "dtype": "float32", "lookup_sweep": [2, 8],
-                 "drafters": ["routed_skip", "clasp", "prompt_lookup", "suffix"]},  # every drafter, as the full-size run
+                 "drafters": ["routed_skip", "clasp", "prompt_lookup", "suffix"]},  # all, as the full-size run
     "datastore": {"n_per_category": 2, "max_new_tokens": 8},  # the strict mode: the CLI check is exact
     "depth": {"paragraphs": "gen/story", "n_per_operation": 2, "n_per_category": 1, "max_new_tokens": 4},
     "importance": {"n_continuation": 3, "method": "greedy", "greedy_layers": 2},
