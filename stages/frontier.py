@@ -40,7 +40,7 @@ if __name__ == "__main__":
     per_prompt = measure_quality(decoder, system.tokenizer, by_split, methods, counts, n_continuation, costs,
                                  oracle_counts, get(params, "frontier.oracle_per_category"), references=references)
     new_tokens = get(params, "frontier.new_tokens")
-    speed = measure_speed(decoder, system.tokenizer, timing_prompts, request_calls(decoder, methods, counts, new_tokens),
+    speed = measure_speed(decoder, system.tokenizer, timing_prompts, request_calls(decoder, methods, counts),
                           get(params, "frontier.batch_sizes"), new_tokens, get(params, "frontier.warmup"),
                           get(params, "frontier.repeats"), seed, get(params, "frontier.target_iqr"))
     gates = {name: {k: m.gate(decoder.setup.budget(k)) for k in counts if k > 0} for name, m in methods.items()

@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 
 from ais.api import load
+from ais.device import WARMUP_TOKENS
 from ais.evaluation.throughput import generation_benchmark, mixed_batch_exactness, prefill_benchmark
 from ais.files import write_csv, write_json
 from ais.params import get
 from ais.routing.corpus import mixed_prompts, prompts_by_category, read_corpus
 
-KEPT = ("full_tok_per_s", "routed_tok_per_s", "global_tok_per_s", "prompt_tok_per_s", "speedup_routed",
+KEPT = ("repeats", "full_tok_per_s", "routed_tok_per_s", "global_tok_per_s", "prompt_tok_per_s", "speedup_routed",
         "speedup_global", "speedup_prompt", "routed_over_global", "prompt_over_global", "ideal_speedup",
         "categories_in_batch", "plans_in_batch", "layers")
 
@@ -24,10 +25,11 @@ if __name__ == "__main__":
     prompts, _ = mixed_prompts(by_category, sum(len(p) for p in by_category.values()))  # categories interleaved
     warmup, repeats = get(params, "throughput.warmup"), get(params, "throughput.repeats")
     new_tokens, sizes = get(params, "throughput.new_tokens"), get(params, "throughput.generate_batch_sizes")
+    target_iqr = get(params, "throughput.target_iqr")
     prefill = prefill_benchmark(system.decoder, system.tokenizer, prompts, get(params, "throughput.batch_sizes"),
-                                warmup, repeats)
+                                warmup, repeats, target_iqr)
     generation = generation_benchmark(system.decoder, system.tokenizer, prompts, sizes, new_tokens, warmup,
-                                      get(params, "throughput.generate_repeats"))
+                                      get(params, "throughput.generate_repeats"), target_iqr)
     # exactness on the largest batch (it holds the smaller ones' rows): in float32, where it is claimed, and in
     # the stage's dtype beside what batching does to transformers' own generate there
     dtypes = {str(system.model.dtype).removeprefix("torch."): system}
@@ -42,8 +44,8 @@ if __name__ == "__main__":
         "dtype": str(system.model.dtype), "threads": torch.get_num_threads(),
         "batches": "held-out prompts of seen tasks, categories interleaved (every row of a batch its own category "
                    "up to 9 rows)", "repeats": repeats, "generate_repeats": get(params, "throughput.generate_repeats"),
-        "warmup": warmup,
-        "prefill": {f"B{r['batch_size']}": {k: r[k] for k in ("full_req_per_s", "routed_req_per_s", "global_req_per_s",
+        "warmup": warmup, "warmup_tokens": min(WARMUP_TOKENS, new_tokens), "target_iqr": target_iqr,
+        "prefill": {f"B{r['batch_size']}": {k: r[k] for k in ("repeats", "full_req_per_s", "routed_req_per_s", "global_req_per_s",
                                                                "speedup_routed", "speedup_global", "routed_over_global",
                                                                "ideal_speedup", "router_fraction_of_full", "padding_share",
                                                                "real_tokens", "full_real_tok_per_s")} for r in prefill},

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ais.decoding.greedy import prefill
+from ais.device import time_interleaved
 from ais.evaluation.calibration import available_methods, calibrated
 from ais.evaluation.frontier import FLOOR, measure_quality, measure_speed, plan_cost, request_calls, summarise
 from ais.evaluation.quality import compare_logprobs, decode_logprobs, make_reference
@@ -98,11 +99,11 @@ def test_every_deployable_point_runs_as_a_whole_request(system):
     decoder, tok = system
     methods = calibrated(decoder, tok, ["global", "category", "prompt", "dynamic", "random", "prompt_oracle"],
                          CALIBRATION, 4)
-    calls = request_calls(decoder, methods, [0, 1], new_tokens=3)
+    calls = request_calls(decoder, methods, [0, 1])
     assert set(calls) == {("full", 0), ("global", 1), ("category", 1), ("prompt", 1), ("dynamic", 1)}  # no controls
     batch = encode_prompts(tok, PROMPTS[:2], "cpu")
     for fn in calls.values():
-        assert fn(batch).shape == (2, 3)
+        assert fn(batch, 3).shape == (2, 3)
     speed = measure_speed(decoder, tok, PROMPTS, calls, [1, 2], 3, warmup=1, repeats=2, seed=0)
     assert set(speed) == {(*k, b) for k in calls for b in (1, 2)}
     assert speed[("full", 0, 1)]["speedup"] == 1.0 and all(v["tok_per_s"] > 0 for v in speed.values())
@@ -111,3 +112,20 @@ def test_every_deployable_point_runs_as_a_whole_request(system):
                         speed, "hard", 6, 0)
     assert all("b1_speedup" in r and "b2_tok_per_s" in r for r in summary)
     assert np.isclose(next(r for r in summary if r["method"] == "global")["ideal_decode_speedup"], 6 / 5)
+
+
+def test_timing_warms_up_on_its_own_calls_and_stops_once_every_ratio_is_tight():
+    ran = {"full": 0, "a": 0, "warm": 0}
+
+    def count(name):
+        def call():
+            ran[name] += 1
+        return call
+
+    calls, warm = {"full": count("full"), "a": count("a")}, {"full": count("warm"), "a": count("warm")}
+    times = time_interleaved(calls, "cpu", 2, 5, warm=warm)
+    assert ran == {"full": 5, "a": 5, "warm": 4} and len(times["a"]) == 5  # the warm-up ran the cheap calls only
+    times = time_interleaved(calls, "cpu", 0, 5, baseline="full", target_iqr=1e9)
+    assert len(times["full"]) == len(times["a"]) == 2  # every ratio's range met at the minimum of two repeats
+    times = time_interleaved(calls, "cpu", 0, 3, baseline="full", target_iqr=None)
+    assert len(times["a"]) == 3

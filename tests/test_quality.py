@@ -2,7 +2,7 @@
 one pass as it is alone, and the validate conditions' budgets."""
 import torch
 
-from ais.evaluation.quality import make_reference, score
+from ais.evaluation.quality import compare_logprobs, full_terms, make_reference, score
 from ais.evaluation.validation import conditions
 from ais.methods import make
 from ais.model.engine import Engine
@@ -79,3 +79,35 @@ def test_a_stored_reference_scores_every_plan_as_the_reference_computed_in_place
         assert torch.equal(here.full_logprobs, read.full_logprobs) and here.columns == read.columns
         a, b = score(engine, here, plans, protocol), score(engine, read, plans, protocol)
         assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_scores_against_ungathered_rows_and_column_blocks_are_the_gathered_ones_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    full = torch.log_softmax(3 * torch.randn(5, 4, 40000, generator=generator), -1)  # a vocabulary the CPU splits
+    other = torch.log_softmax(3 * torch.randn(12, 4, 40000, generator=generator), -1)
+    scored = (torch.rand(12, 4, generator=generator) > 0.2).float()
+    for members in (torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4]),   # runs of a repeated row (a fan-out)
+                    torch.tensor([3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4]),   # runs of consecutive rows (importance)
+                    torch.tensor([4, 2, 2, 0, 1, 1, 1, 3, 0, 4, 4, 2])):  # anything else
+        plain = compare_logprobs(full[members], other, scored, split=True)
+        for blocks in (other, [other[:, :1], other[:, 1:]], [other[:, :2], other[:, 2:3], other[:, 3:]]):
+            fast = compare_logprobs(full, blocks, scored, split=True, terms=full_terms(full), members=members)
+            assert plain.keys() == fast.keys()
+            for key in plain:
+                assert torch.equal(plain[key].nan_to_num(-1.0), fast[key].nan_to_num(-1.0)), key
+
+
+def test_a_references_prompt_is_prefilled_once_and_every_scoring_pass_goes_on_from_its_own_copy():
+    engine, tok = Engine(tiny_llama(dtype=torch.float64, seed=3)), tiny_tokenizer()
+    ref = make_reference(engine, tok, ["what is the capital", "write a story about", "sum"], 4, "decode")
+    plans = [SkipPlan.make(hard=[2]), SkipPlan.make(hard=[1, 3]), SkipPlan.make(attention=[2])]
+    first = score(engine, ref, plans, "decode")
+    flight, _ = ref.prefilled(engine)
+    held = [k.clone() for k in flight.cache.keys]
+    again = score(engine, ref, plans, "decode")
+    assert len(ref.prefills) == 1  # one prefill for every pass
+    assert all(torch.equal(a, b) for a, b in zip(held, ref.prefills[engine][0].cache.keys))  # never written into
+    fresh = make_reference(engine, tok, ["what is the capital", "write a story about", "sum"], 4, "decode")
+    for key in first:
+        assert torch.equal(torch.as_tensor(first[key]), torch.as_tensor(again[key]))
+        assert torch.equal(torch.as_tensor(first[key]), torch.as_tensor(score(engine, fresh, plans, "decode")[key]))

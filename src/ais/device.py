@@ -102,21 +102,37 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self._start
 
 
-def time_interleaved(calls: dict, device, warmup: int, repeats: int, seed: int = 0) -> dict[str, np.ndarray]:
+WARMUP_TOKENS = 4  # tokens a warm-up generation decodes: every code path and shape of a decode step, less work
+
+
+def time_interleaved(calls: dict, device, warmup: int, repeats: int, seed: int = 0, warm: dict | None = None,
+                     baseline=None, target_iqr: float | None = None, min_repeats: int = 2) -> dict[str, np.ndarray]:
     """Seconds per call for each named zero-argument callable; every repeat runs each once, in a
-    seeded random order, so that drift and order effects hit all alike."""
+    seeded random order, so that drift and order effects hit all alike. The `warmup` untimed rounds
+    run `warm` (the same code paths on less work, e.g. fewer tokens; default: the calls). With
+    `baseline` and `target_iqr`, the repeats stop once there are `min_repeats` and every call's
+    per-repeat ratio baseline/call has an interquartile range of at most `target_iqr` (repeats set
+    by the interval they must reach; at most `repeats`). Every call is timed in every round."""
     rng = np.random.default_rng(seed)
     names = list(calls)
     for _ in range(warmup):
-        for fn in calls.values():
+        for fn in (warm or calls).values():
             fn()
     times = {name: [] for name in calls}
-    for _ in range(repeats):
+    for r in range(repeats):
         for i in rng.permutation(len(names)):
             with Stopwatch(device) as clock:
                 calls[names[i]]()
             times[names[i]].append(clock.seconds)
+        if target_iqr is not None and r + 1 >= min_repeats and all(
+                _iqr(np.array(times[baseline]) / np.array(t)) <= target_iqr for name, t in times.items() if name != baseline):
+            break
     return {name: np.array(t) for name, t in times.items()}
+
+
+def _iqr(values: np.ndarray) -> float:
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q3 - q1)
 
 
 def summary(seconds: np.ndarray) -> dict:

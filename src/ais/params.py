@@ -88,6 +88,7 @@ SCHEMA: dict[str, dict] = {
     "throughput.warmup": INT0,
     "throughput.repeats": INT1,
     "throughput.generate_repeats": INT1,
+    "throughput.target_iqr": _spec(float, lo=0, lo_open=True),
     "multiple_choice.benchmarks": _spec(list, items=_spec(str, choices=BENCHMARKS)),
     "multiple_choice.n_per_benchmark": INT1,
     "multiple_choice.seed": SEED,

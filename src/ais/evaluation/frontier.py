@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ais.model.plan import NEVER
 from ais.decoding.greedy import decode, prefill
-from ais.device import summary, speedup, time_interleaved
+from ais.device import WARMUP_TOKENS, summary, speedup, time_interleaved
 from ais.evaluation.calibration import calibrated
 from ais.evaluation.quality import make_reference, score_conditions, score_gates
 from ais.evaluation.references import frontier_chunks
@@ -126,16 +126,16 @@ def _rotating(prompts: list[str], size: int, repeat: int) -> list[str]:
     return [prompts[(repeat * size + j) % len(prompts)] for j in range(size)]
 
 
-def request_calls(decoder, methods: dict, counts: list[int], new_tokens: int) -> dict[tuple[str, int], callable]:
-    """{(method, n): a function generating `new_tokens` greedy tokens (no early stop) for a batch} for
+def request_calls(decoder, methods: dict, counts: list[int]) -> dict[tuple[str, int], callable]:
+    """{(method, n): a function (batch, tokens) generating that many greedy tokens (no early stop)} for
     every timed point: the methods that can save compute (not controls or ceilings), each as a whole
     request under the frontier's protocol (the prefill runs every layer; routing from its first layers,
     the map lookup, the prompt's own layer scores and the gate inside the call)."""
     engine = decoder.engine
 
-    def full(batch):
+    def full(batch, tokens):
         flight, logits = prefill(engine, batch)
-        return decode(flight, logits.argmax(-1), new_tokens)[0]
+        return decode(flight, logits.argmax(-1), tokens)[0]
 
     calls = {("full", 0): full}
     for name, method in methods.items():
@@ -145,8 +145,8 @@ def request_calls(decoder, methods: dict, counts: list[int], new_tokens: int) ->
         routed.method = method  # the calibrated instance
         for n in counts:
             if n > 0:
-                calls[(name, n)] = (lambda batch, r=routed, k=n:
-                                    r.generate(batch, new_tokens, layers=k, full_prefill=True)[0])
+                calls[(name, n)] = (lambda batch, tokens, r=routed, k=n:
+                                    r.generate(batch, tokens, layers=k, full_prefill=True)[0])
     return calls
 
 
@@ -156,7 +156,7 @@ def measure_speed(decoder, tokenizer, prompts: list[str], calls: dict[tuple, cal
     """{(method, n, batch size): median seconds, IQR, tokens/s, the paired speedup over the full model
     and the repeats it took}: in repeat r every timed call gets the same batch (the next `size` prompts
     of `prompts`), in a seeded random order, beside the full model; the first `warmup` repeats are not
-    counted. With `target_iqr`, a point stops being timed once it has `min_repeats` repeats and the
+    counted (they generate `WARMUP_TOKENS`: every code path, less work). With `target_iqr`, a point stops being timed once it has `min_repeats` repeats and the
     interquartile range of its per-repeat speedups is at most that (repeats set by the interval they
     must reach); at most `repeats` repeats."""
     model = decoder.model
@@ -167,7 +167,8 @@ def measure_speed(decoder, tokenizer, prompts: list[str], calls: dict[tuple, cal
         active = set(calls)
         for r in range(warmup + repeats):
             batch = encode_prompts(tokenizer, _rotating(prompts, size, r), model.device, context_length(model) - new_tokens)
-            timed = {key: (lambda fn=calls[key]: fn(batch)) for key in calls if key in active or key == full_key}
+            tokens = min(WARMUP_TOKENS, new_tokens) if r < warmup else new_tokens
+            timed = {key: (lambda fn=calls[key]: fn(batch, tokens)) for key in calls if key in active or key == full_key}
             one = time_interleaved(timed, model.device, 0, 1, seed + r)
             if r < warmup:
                 continue

@@ -92,7 +92,8 @@ def from_states(engine, ref: Reference, states: list[torch.Tensor], ablations: l
     for lo in range(0, len(final), head_rows):
         members = torch.arange(lo, min(len(final), lo + head_rows)) % n
         logprobs = torch.log_softmax(engine.head(final[lo:lo + head_rows]).float(), -1)
-        scores = compare_logprobs(ref.full_logprobs[members], logprobs, ref.scored[members])
+        scores = compare_logprobs(ref.full_logprobs, logprobs, ref.scored[members], terms=ref.full_terms(),
+                                  members=members)
         kl.append(scores["kl"])
         top1.append(scores["top1"])
     kl, top1 = torch.cat(kl).cpu().numpy(), torch.cat(top1).cpu().numpy()

@@ -15,7 +15,7 @@ and `decode_gated`, the per-token gate one continuation position at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,6 +39,25 @@ class Reference:
     scored: torch.Tensor         # B x n_columns, 1.0 up to and including the end-of-sequence prediction
     engine: Engine | None = None
     protocol: str = "decode"     # how `score` scores plans on it (forced | decode)
+    prefills: dict = field(default_factory=dict, repr=False, compare=False)  # engine -> the prompt's prefill
+    _full_terms: tuple | None = field(default=None, repr=False, compare=False)
+
+    def full_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every comparison with the full model takes from its log-probabilities (their exp, top-1
+        and top-5 tokens), computed once per reference (`compare_logprobs`'s `terms`)."""
+        if self._full_terms is None:
+            self._full_terms = full_terms(self.full_logprobs)
+        return self._full_terms
+
+    def prefilled(self, engine: Engine):
+        """(the batch in flight after the prompt's prefill through every layer, the first column's
+        log-probabilities): the prefill runs once per reference and engine, and each call gets its own
+        copy of the cache (what follows replaces the cache's tensors, never writes into them)."""
+        if engine not in self.prefills:
+            flight, first = prefill(engine, {k: v[:, :self.columns.start + 1] for k, v in self.batch.items()})
+            self.prefills[engine] = (flight, torch.log_softmax(first.float(), -1))
+        flight, first = self.prefills[engine]
+        return flight.copy(), first
 
     def __len__(self) -> int:
         return int(self.scored.shape[0])
@@ -69,11 +88,12 @@ class Reference:
         so scoring it costs half."""
         scored = halves(self.scored)[part]
         if part != "early":
-            return Reference(self.batch, self.columns, self.full_logprobs, scored, self.engine, self.protocol)
+            return Reference(self.batch, self.columns, self.full_logprobs, scored, self.engine, self.protocol,
+                             self.prefills)
         middle = max(1, self.scored.shape[1] // 2)
         stop = self.columns.start + middle
         return Reference({k: v[:, :stop + 1] for k, v in self.batch.items()}, slice(self.columns.start, stop),
-                         self.full_logprobs[:, :middle], scored[:, :middle], self.engine, self.protocol)
+                         self.full_logprobs[:, :middle], scored[:, :middle], self.engine, self.protocol, self.prefills)
 
     @staticmethod
     def join(references: list["Reference"]) -> "Reference | None":
@@ -217,7 +237,7 @@ def score_gates(engine: Engine, ref: Reference, gates: dict, split: bool = False
     out = {}
     for c, name in enumerate(names):
         rows = torch.arange(c, n * g, g, device=first.device)
-        scores = compare_logprobs(ref.full_logprobs, logprobs[rows], ref.scored, split)
+        scores = compare_logprobs(ref.full_logprobs, logprobs[rows], ref.scored, split, ref.full_terms())
         out[name] = ({k: v.cpu().numpy() for k, v in scores.items()}, depth[rows])
     return out
 
@@ -230,14 +250,57 @@ def halves(scored: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"early": scored * (columns < middle), "late": scored * (columns >= middle)}
 
 
-def compare_logprobs(full: torch.Tensor, logprobs: torch.Tensor, scored: torch.Tensor, split: bool = False) -> dict:
+def full_terms(full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(exp, top-1, top-5 indices) of the full model's log-probabilities, as `compare_logprobs` uses them."""
+    return full.exp(), full.argmax(-1), full.topk(5, -1).indices
+
+
+def _kl_terms(full: torch.Tensor, exp: torch.Tensor, logprobs: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
+    """sum over the vocabulary of exp(full) * (full - logprobs), per row and position, row r against
+    row members[r] of `full`. Runs of one repeated row broadcast it and runs of consecutive rows slice
+    them, so `full` is not gathered (the same values; a one-column block is gathered, so that no sum
+    has a single output, which the CPU would split across threads)."""
+    if members is None:
+        return (exp * (full - logprobs)).sum(-1)
+    if logprobs.shape[1] == 1:
+        return (exp[members] * (full[members] - logprobs)).sum(-1)
+    rows, out, r = members.tolist(), [], 0
+    while r < len(rows):
+        first, k = rows[r], 1
+        if r + 1 < len(rows) and rows[r + 1] == first:
+            while r + k < len(rows) and rows[r + k] == first:
+                k += 1
+            e, f = exp[first][None], full[first][None]
+        else:
+            while r + k < len(rows) and rows[r + k] == first + k:
+                k += 1
+            e, f = exp[first:first + k], full[first:first + k]
+        out.append((e * (f - logprobs[r:r + k])).sum(-1))
+        r += k
+    return torch.cat(out)
+
+
+def compare_logprobs(full: torch.Tensor, logprobs, scored: torch.Tensor, split: bool = False,
+                     terms: tuple | None = None, members: torch.Tensor | None = None) -> dict:
     """Per-prompt mean over the scored positions of KL(full || other), top-1 agreement and top-5
     overlap between two B x positions x vocab log-probability tensors; with `split`, the same over the
-    early and late halves of the positions too (`top1_late`, ...; NaN for a row with none scored)."""
-    kl = (full.exp() * (full - logprobs)).sum(-1).clamp_min(0)
-    top1 = (full.argmax(-1) == logprobs.argmax(-1)).float()
-    top5_full, top5_skip = full.topk(5, -1).indices, logprobs.topk(5, -1).indices
-    overlap = (top5_full.unsqueeze(-1) == top5_skip.unsqueeze(-2)).any(-1).float().mean(-1)
+    early and late halves of the positions too (`top1_late`, ...; NaN for a row with none scored).
+    `logprobs` may come as a list of column blocks (not joined); with `members`, row r is compared with
+    row members[r] of `full` (not gathered); `terms`: `full_terms(full)` where already computed.
+    The values are those of the one-tensor call on the gathered rows."""
+    blocks = list(logprobs) if isinstance(logprobs, (list, tuple)) else [logprobs]
+    exp, top1_full, top5_full = terms if terms is not None else full_terms(full)
+    if members is not None:
+        top1_full, top5_full = top1_full[members], top5_full[members]
+    kl, top1, overlap, at = [], [], [], 0
+    for block in blocks:
+        columns = slice(at, at + block.shape[1])
+        at += block.shape[1]
+        kl.append(_kl_terms(full[:, columns], exp[:, columns], block, members))
+        top1.append((top1_full[:, columns] == block.argmax(-1)).float())
+        top5 = block.topk(5, -1).indices
+        overlap.append((top5_full[:, columns].unsqueeze(-1) == top5.unsqueeze(-2)).any(-1).float().mean(-1))
+    kl, top1, overlap = torch.cat(kl, 1).clamp_min(0), torch.cat(top1, 1), torch.cat(overlap, 1)
     masks = {"": scored, **({f"_{k}": v for k, v in halves(scored).items()} if split else {})}
     out = {}
     for suffix, mask in masks.items():
@@ -274,8 +337,7 @@ def _fanned_states(engine: Engine, ref: Reference, plans: list[SkipPlan], repeat
     if protocol != "decode":
         raise ValueError(f"protocol={protocol!r} must be 'forced' or 'decode'")
     start, stop = ref.columns.start, ref.columns.stop
-    flight, first = prefill(engine, {k: v[:, :start + 1] for k, v in ref.batch.items()})
-    first = torch.log_softmax(first.float(), -1)
+    flight, first = ref.prefilled(engine)  # the same prompt's prefill for every call on this reference
     if stop - start == 1:
         return None, first
     x, ctx = flight.feed(ids[:, start + 1:stop])
@@ -305,7 +367,7 @@ def score_conditions(engine: Engine, ref: Reference, conditions: dict[str, list[
             parts = [] if first is None else [first[members][:, None]]
             if states is not None:
                 parts.append(_logprobs(engine, states[lo:hi]))
-            scores = compare_logprobs(ref.full_logprobs[members], torch.cat(parts, 1), ref.scored[members], split)
+            scores = compare_logprobs(ref.full_logprobs, parts, ref.scored[members], split, ref.full_terms(), members)
             for key, values in scores.items():
                 metrics.setdefault(key, np.zeros(rows))[lo:hi] = values.cpu().numpy()
         for c, name in enumerate(group):

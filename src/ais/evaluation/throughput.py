@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ais.decoding.greedy import decode, prefill
-from ais.device import summary, time_interleaved
+from ais.device import WARMUP_TOKENS, summary, time_interleaved
 from ais.model.prompts import context_length, encode_prompts
 
 
@@ -33,10 +33,11 @@ def _methods(decoder, n: int) -> dict:
 
 
 def prefill_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: list[int], warmup: int,
-                      repeats: int) -> list[dict]:
+                      repeats: int, target_iqr: float | None = None) -> list[dict]:
     """Requests/s of one prefill of a batch (next-token logits): full model, the routed plan in
     `skip.mode` (router included: its layers are the prefill's first), the global plan with as many
-    layers as the routed plans have on average, and the router alone."""
+    layers as the routed plans have on average, and the router alone; at most `repeats` repeats, fewer
+    once every speedup's interquartile range is at most `target_iqr`."""
     engine = decoder.engine
     rows = []
     for size in batch_sizes:
@@ -50,12 +51,13 @@ def prefill_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: list[
             "routed": lambda: decoder.prefill(batch),
             "global": lambda: glob.prefill(batch, layers=n),
             "router_only": lambda: engine.forward(batch["input_ids"], batch["attention_mask"], stop=decoder.pivot),
-        }, engine.device, warmup, repeats)
+        }, engine.device, warmup, repeats, baseline="full", target_iqr=target_iqr)
         stats = {name: summary(t) for name, t in times.items()}
         skipped = skipped_fraction(routes, engine.n_layers)
         tokens = int(batch["attention_mask"].sum())
         rows.append({
-            "batch_size": size, "n_tokens": int(batch["input_ids"].shape[1]), "real_tokens": tokens,
+            "batch_size": size, "repeats": len(times["full"]), "n_tokens": int(batch["input_ids"].shape[1]),
+            "real_tokens": tokens,
             "padding_share": round(1 - tokens / batch["input_ids"].numel(), 4),
             "plans_in_batch": len({r.plan for r in routes}), "skipped_fraction": round(skipped["all"], 4),
             "full_req_per_s": round(size / stats["full"]["median_s"], 2),
@@ -73,10 +75,12 @@ def prefill_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: list[
 
 
 def generation_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: list[int], new_tokens: int,
-                         warmup: int, repeats: int) -> list[dict]:
+                         warmup: int, repeats: int, target_iqr: float | None = None) -> list[dict]:
     """Greedy tokens/s (no early stop) of whole requests, rows of mixed categories: the full model, the
     routed plan, the global plan at the same mean layer count, the prompt's own plan; and the per-repeat
-    ratio of the routed and prompt plans' speed to the global plan's."""
+    ratio of the routed and prompt plans' speed to the global plan's. The warm-up rounds generate
+    `WARMUP_TOKENS` (every code path, less work); at most `repeats` repeats, fewer once every
+    speedup's interquartile range is at most `target_iqr`."""
     engine = decoder.engine
     rows = []
     for size in batch_sizes:
@@ -86,17 +90,23 @@ def generation_benchmark(decoder, tokenizer, prompts: list[str], batch_sizes: li
         n = int(round(np.mean([len(r.plan.layers) for r in routes])))
         others = _methods(decoder, n)
 
-        def full():
+        def full(tokens):
             flight, logits = prefill(engine, batch)
-            return decode(flight, logits.argmax(-1), new_tokens)
+            return decode(flight, logits.argmax(-1), tokens)
 
-        calls = {"full": full, **{name: (lambda d=d: d.generate(batch, new_tokens, layers=n if d is not decoder else None))
-                                  for name, d in others.items()}}
-        times = time_interleaved(calls, engine.device, warmup, repeats)
+        def calls_of(tokens: int) -> dict:
+            return {"full": lambda: full(tokens),
+                    **{name: (lambda d=d: d.generate(batch, tokens, layers=n if d is not decoder else None))
+                       for name, d in others.items()}}
+
+        calls = calls_of(new_tokens)
+        times = time_interleaved(calls, engine.device, warmup, repeats, warm=calls_of(min(WARMUP_TOKENS, new_tokens)),
+                                 baseline="full", target_iqr=target_iqr)
         stats = {name: summary(t) for name, t in times.items()}
         skipped = skipped_fraction(routes, engine.n_layers)
         rows.append({
-            "batch_size": size, "new_tokens": new_tokens, "categories_in_batch": len({r.category for r in routes}),
+            "batch_size": size, "new_tokens": new_tokens, "repeats": len(times["full"]),
+            "categories_in_batch": len({r.category for r in routes}),
             "plans_in_batch": len({r.plan for r in routes}), "skipped_fraction": round(skipped["all"], 4),
             "layers": n, **{f"{name}_tok_per_s": round(size * new_tokens / stats[name]["median_s"], 2) for name in calls},
             "speedup_routed": round(stats["full"]["median_s"] / stats["routed"]["median_s"], 4),

@@ -224,6 +224,15 @@ class Cache:
         self.values[layer] = new_v if past_v is None else torch.cat([past_v, new_v], -2)
 
     # -- whole-cache operations
+    def copy(self) -> "Cache":
+        """A cache that starts where this one is and goes on alone: its per-layer lists are its own,
+        the tensors are shared (no operation writes into a cache tensor; each write makes a new one)."""
+        if self._pending:
+            raise EngineError("a cache is copied between forwards, not during one")
+        other = Cache(self.n_layers, self.batch_size)
+        other.keys, other.values, other.rows = list(self.keys), list(self.values), list(self.rows)
+        return other
+
     def drop_rows(self, layer: int, rows: list[int]) -> None:
         """Forget some batch rows' keys and values at one layer (they will never read it again)."""
         if self.rows[layer] is None or not rows:
@@ -718,6 +727,14 @@ class Batch:
         x, ctx = self.feed(ids, clock=clock)
         hidden = self.run(x, ctx, gate=gate, record=record, clock=clock)
         return self.engine.last_logits(hidden, clock) if logits else hidden
+
+    def copy(self) -> "Batch":
+        """The same requests in flight, to go on from here without changing this batch (the shared
+        prompt of several scoring passes)."""
+        other = Batch.__new__(Batch)
+        other.__dict__.update(self.__dict__)
+        other.cache = self.cache.copy()
+        return other
 
     def set_plans(self, plans: list[SkipPlan] | None) -> None:
         """The rows' plans from now on. A row whose new plan skips a layer's attention (hard skip,

@@ -231,6 +231,17 @@ def _iqr(v: dict | None) -> str:
     return f"{v['median']} [{v['q1']}, {v['q3']}]" if v else ""
 
 
+def _repeats(throughput: dict, part: str, key: str) -> str:
+    """How many repeats a part of the throughput stage took per batch size (at most the param: fewer
+    once every speedup's interquartile range met `target_iqr`)."""
+    taken = [v["repeats"] for v in throughput[part].values() if "repeats" in v]
+    if not taken:
+        return str(throughput[key])
+    counts = "–".join(str(n) for n in sorted({min(taken), max(taken)}))
+    return f"{counts} (at most {throughput[key]}; fewer once every speedup's interquartile range was at most " \
+           f"{throughput.get('target_iqr')})"
+
+
 def throughput_section(throughput: dict) -> list[str]:
     """Mixed traffic: prefill requests/s and generation tokens/s of the full model, the routed plan, the
     global plan at the same layer count and the prompt's plan; whether a row of a mixed batch decodes
@@ -244,8 +255,9 @@ def throughput_section(throughput: dict) -> list[str]:
     exact = throughput["mixed_batch_exactness"]
     return ["## Throughput of mixed traffic (stage `throughput`)", "",
             f"{throughput['device']}, {throughput['dtype']}, {throughput['threads']} threads; medians of "
-            f"{throughput['repeats']} (prefill) and {throughput['generate_repeats']} (generation) interleaved repeats "
-            f"after {throughput['warmup']} warm-ups, device synchronised. Each batch mixes categories (rows up to 9 "
+            f"{_repeats(throughput, 'prefill', 'repeats')} (prefill) and "
+            f"{_repeats(throughput, 'generate', 'generate_repeats')} (generation) interleaved repeats "
+            f"after {throughput['warmup']} warm-up{'s' if throughput['warmup'] != 1 else ''}, device synchronised. Each batch mixes categories (rows up to 9 "
             "come from 9 categories), so every row has its own plan; the engine runs each layer once for the rows "
             "that run it. Routed: `skip.plan`'s plans in `skip.mode`, the router inside the clock; global: one plan "
             "with as many layers for the whole batch; prompt: each row's own layer scores (its prefill runs every "
