@@ -23,7 +23,8 @@ if __name__ == "__main__":
                                   get(params, "datastore.seed"))
     started = time.perf_counter()
     replies = greedy_continuations(system.decoder.engine, system.tokenizer, [rows[i]["prompt"] for i in entries],
-                                   get(params, "datastore.max_new_tokens"), batch_size=16)
+                                   get(params, "datastore.max_new_tokens"),
+                                   batch_size=get(params, "datastore.batch_size"))
     seconds = time.perf_counter() - started
     store = Datastore([tokens for _, tokens in replies], topo.embeddings[entries], entries, topo.identity)
     store.save(FILE)  # no build time in it: the same bytes on every run (the time is in the report)

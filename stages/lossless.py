@@ -7,21 +7,21 @@ from pathlib import Path
 from ais.api import load
 from ais.decoding.datastore import FILE as DATASTORE, Datastore
 from ais.device import dtype_name
-from ais.evaluation.lossless import measure
+from ais.evaluation.lossless import REFERENCE_DTYPE, measure
 from ais.files import write_csv, write_json
 from ais.model.loading import load_model
 from ais.params import get, load_params
 from ais.report.plots import plot_lossless
 from ais.routing.corpus import prompts_by_category, read_corpus
 
-REFERENCE, STRICT = "bfloat16", "float32"  # every speedup is against bfloat16 `generate`; float32 is the strict mode
+STRICT = "float32"  # the strict mode (every speedup is against `generate` in REFERENCE_DTYPE, bfloat16)
 
 if __name__ == "__main__":
     params = load_params()
     system = load(mode="hard")  # drafts always hard-skip (a soft-skipped draft costs more than the full model)
     device = get(params, "model.device")
     system_dtype = dtype_name(system.lossless_model().dtype)
-    dtypes = dict.fromkeys([system_dtype, REFERENCE] + ([STRICT] if get(params, "lossless.strict") else []))
+    dtypes = dict.fromkeys([system_dtype, REFERENCE_DTYPE] + ([STRICT] if get(params, "lossless.strict") else []))
     models = {d: system.model if dtype_name(system.model.dtype) == d else load_model(Path("data/model"), d, device)[0]
               for d in dtypes}
     n = get(params, "lossless.n_per_category")

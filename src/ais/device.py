@@ -125,12 +125,13 @@ def time_interleaved(calls: dict, device, warmup: int, repeats: int, seed: int =
                 calls[names[i]]()
             times[names[i]].append(clock.seconds)
         if target_iqr is not None and r + 1 >= min_repeats and all(
-                _iqr(np.array(times[baseline]) / np.array(t)) <= target_iqr for name, t in times.items() if name != baseline):
+                iqr(np.array(times[baseline]) / np.array(t)) <= target_iqr for name, t in times.items() if name != baseline):
             break
     return {name: np.array(t) for name, t in times.items()}
 
 
-def _iqr(values: np.ndarray) -> float:
+def iqr(values: np.ndarray) -> float:
+    """The interquartile range (q3 - q1) of some values: what a repeat rule reads of per-repeat speedups."""
     q1, q3 = np.percentile(values, [25, 75])
     return float(q3 - q1)
 

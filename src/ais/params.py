@@ -111,6 +111,7 @@ SCHEMA: dict[str, dict] = {
     "plan_map.seed": SEED,
     "datastore.n_per_category": INT0,
     "datastore.max_new_tokens": INT1,
+    "datastore.batch_size": INT1,
     "datastore.seed": SEED,
     "depth.n_per_operation": INT1,
     "depth.paragraphs": TEXT,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ais.model.plan import NEVER
 from ais.decoding.greedy import decode, prefill
-from ais.device import WARMUP_TOKENS, summary, speedup, time_interleaved
+from ais.device import WARMUP_TOKENS, iqr, speedup, summary, time_interleaved
 from ais.evaluation.calibration import calibrated
 from ais.evaluation.quality import make_reference, score_conditions, score_gates
 from ais.evaluation.references import frontier_chunks
@@ -156,9 +156,10 @@ def measure_speed(decoder, tokenizer, prompts: list[str], calls: dict[tuple, cal
     """{(method, n, batch size): median seconds, IQR, tokens/s, the paired speedup over the full model
     and the repeats it took}: in repeat r every timed call gets the same batch (the next `size` prompts
     of `prompts`), in a seeded random order, beside the full model; the first `warmup` repeats are not
-    counted (they generate `WARMUP_TOKENS`: every code path, less work). With `target_iqr`, a point stops being timed once it has `min_repeats` repeats and the
-    interquartile range of its per-repeat speedups is at most that (repeats set by the interval they
-    must reach); at most `repeats` repeats."""
+    counted (they generate `WARMUP_TOKENS`: every code path, less work). With `target_iqr`, a point
+    stops being timed once it has `min_repeats` repeats and the interquartile range of its per-repeat
+    speedups is at most that (repeats set by the interval they must reach; each point on its own, where
+    `time_interleaved` stops all calls together); at most `repeats` repeats."""
     model = decoder.model
     out = {}
     full_key = ("full", 0)
@@ -178,9 +179,7 @@ def measure_speed(decoder, tokenizer, prompts: list[str], calls: dict[tuple, cal
                 for key in list(active - {full_key}):
                     n = len(times[key])
                     if n >= min_repeats:
-                        ratios = np.array(times[full_key][:n]) / np.array(times[key])
-                        q1, q3 = np.percentile(ratios, [25, 75])
-                        if q3 - q1 <= target_iqr:
+                        if iqr(np.array(times[full_key][:n]) / np.array(times[key])) <= target_iqr:
                             active.discard(key)
                 if active <= {full_key}:
                     break

@@ -232,14 +232,11 @@ def _iqr(v: dict | None) -> str:
 
 
 def _repeats(throughput: dict, part: str, key: str) -> str:
-    """How many repeats a part of the throughput stage took per batch size (at most the param: fewer
-    once every speedup's interquartile range met `target_iqr`)."""
+    """How many repeats a part of the throughput stage took per batch size, and its most."""
     taken = [v["repeats"] for v in throughput[part].values() if "repeats" in v]
     if not taken:
         return str(throughput[key])
-    counts = "–".join(str(n) for n in sorted({min(taken), max(taken)}))
-    return f"{counts} (at most {throughput[key]}; fewer once every speedup's interquartile range was at most " \
-           f"{throughput.get('target_iqr')})"
+    return "–".join(str(n) for n in sorted({min(taken), max(taken)})) + f" of at most {throughput[key]}"
 
 
 def throughput_section(throughput: dict) -> list[str]:
@@ -254,10 +251,11 @@ def throughput_section(throughput: dict) -> list[str]:
            for k, v in throughput["generate"].items()]
     exact = throughput["mixed_batch_exactness"]
     return ["## Throughput of mixed traffic (stage `throughput`)", "",
-            f"{throughput['device']}, {throughput['dtype']}, {throughput['threads']} threads; medians of "
-            f"{_repeats(throughput, 'prefill', 'repeats')} (prefill) and "
-            f"{_repeats(throughput, 'generate', 'generate_repeats')} (generation) interleaved repeats "
-            f"after {throughput['warmup']} warm-up{'s' if throughput['warmup'] != 1 else ''}, device synchronised. Each batch mixes categories (rows up to 9 "
+            f"{throughput['device']}, {throughput['dtype']}, {throughput['threads']} threads; medians of interleaved "
+            f"repeats after {throughput['warmup']} warm-up{'s' if throughput['warmup'] != 1 else ''}, device "
+            f"synchronised: {_repeats(throughput, 'prefill', 'repeats')} for the prefill, "
+            f"{_repeats(throughput, 'generate', 'generate_repeats')} for generation (a batch size stops once every "
+            f"speedup's interquartile range is at most {throughput.get('target_iqr')}). Each batch mixes categories (rows up to 9 "
             "come from 9 categories), so every row has its own plan; the engine runs each layer once for the rows "
             "that run it. Routed: `skip.plan`'s plans in `skip.mode`, the router inside the clock; global: one plan "
             "with as many layers for the whole batch; prompt: each row's own layer scores (its prefill runs every "
